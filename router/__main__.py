@@ -1,0 +1,7 @@
+"""`python -m pyweave.router`: run the router daemon in the foreground."""
+
+import sys
+
+from pyweave.router.daemon import main
+
+sys.exit(main())

@@ -1,0 +1,291 @@
+"""Connections to neighbours: dialing targets, accepting peers, liveness, links.
+
+Theory of operation: every neighbour is reached through one TCP control connection plus
+the UDP data link it sets up.  Outbound connections come from *targets* (addresses given
+to `weave launch`/`weave connect`, and peers discovered through the mesh); inbound ones
+from peers that dialed us.  After the handshake a connection is *pending* until the first
+UDP datagram from the peer arrives (so UDP reachability is proved, as in Weave Net), then
+*established*.  Heartbeats go out every HEARTBEAT_INTERVAL over UDP; a connection that
+hears nothing for DEAD_AFTER seconds is dropped, and its target is redialed with backoff.
+
+At most one connection per peer: when two exist (both dialed at once), the one initiated
+by the peer with the lower name wins on both ends, so both ends keep the same one.
+Connecting to ourselves, or to a different router that uses our name, is refused and
+shown in `weave status connections` with the reason.
+
+Policy (what to dial and when) lives in the mesh core; this module carries it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyweave.router.core.link import Link, PlainLink
+from pyweave.router.core.names import describe_peer
+from pyweave.router.core.wire.control import (
+    MSG_CLOSE,
+    MSG_GOSSIP,
+    Hello,
+    MalformedControl,
+    message_type,
+    pull_close,
+    pull_gossip,
+)
+from pyweave.router.io.control import ConnectionRefused, ControlChannel, Security
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 1.0
+DEAD_AFTER = 6.0  # seconds without any datagram from an established peer
+PENDING_TIMEOUT = 10.0  # seconds for the first datagram after the handshake
+DIAL_TIMEOUT = 5.0
+MAX_DATAGRAM = 1500 - 28  # IPv4 + UDP headers on a 1500-byte underlay
+
+
+@dataclass(eq=False)
+class Connection:
+    channel: ControlChannel
+    outbound: bool
+    target: str | None
+    hello: Hello
+    link: Link
+    created: float
+    state: str = "pending"
+    reader_task: asyncio.Task[None] | None = None
+    dropped: bool = False
+
+    @property
+    def remote_address(self) -> str:
+        host, port = self.channel.remote
+        return f"{host}:{port}"
+
+
+@dataclass
+class ConnectionCallbacks:
+    """What the router wants to hear about; all synchronous, all cheap."""
+
+    established: Callable[[Connection], None]
+    lost: Callable[[Connection, str], None]
+    gossip: Callable[[Connection, str, bytes], None]
+    attempt_failed: Callable[[str, str], None]
+    attempt_succeeded: Callable[[str, int], None]
+
+
+@dataclass
+class Identity:
+    name: int
+    nickname: str
+    uid: int
+    udp_port: int
+    flags: int = 0
+    security_factory: Callable[[bool], Security | None] = field(default=lambda outbound: None)
+
+
+class ConnectionManager:
+    def __init__(
+        self,
+        identity: Identity,
+        callbacks: ConnectionCallbacks,
+        new_receiver_index: Callable[[], int],
+        add_link: Callable[[Link], None],
+        remove_link: Callable[[Link], None],
+        send_heartbeat: Callable[[Link, float], None],
+    ) -> None:
+        self.identity = identity
+        self.callbacks = callbacks
+        self.new_receiver_index = new_receiver_index
+        self.add_link = add_link
+        self.remove_link = remove_link
+        self.send_heartbeat = send_heartbeat
+        self.connections: dict[int, Connection] = {}
+        self.dialing: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.last_close_reason: dict[str, str] = {}
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            now = asyncio.get_running_loop().time()
+            for conn in list(self.connections.values()):
+                self._check_liveness(conn, now)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _check_liveness(self, conn: Connection, now: float) -> None:
+        if conn.state == "pending" and now - conn.created > PENDING_TIMEOUT:
+            self.drop(conn, f"no UDP traffic from peer within {PENDING_TIMEOUT:.0f}s "
+                            "(is UDP port blocked?)")
+            return
+        if conn.state == "established" and now - conn.link.last_heard > DEAD_AFTER:
+            self.drop(conn, f"peer silent: no heartbeat for {DEAD_AFTER:.0f}s")
+            return
+        self.send_heartbeat(conn.link, now)
+
+    def heard(self, link: Link, now: float) -> None:
+        """The data plane got an authentic datagram on `link`."""
+        link.heard(now)
+        conn = self.connections.get(link.peer)
+        if conn is not None and conn.link is link and conn.state == "pending":
+            conn.state = "established"
+            log.info("connection to %s established", describe_peer(conn.hello.name,
+                                                                   conn.hello.nickname))
+            self.callbacks.established(conn)
+
+    def close_all(self, reason: str) -> None:
+        for conn in list(self.connections.values()):
+            self.drop(conn, reason)
+        for task in list(self.tasks):
+            task.cancel()
+
+    # -- outbound ------------------------------------------------------------------
+
+    def dial(self, target: str) -> None:
+        if target in self.dialing:
+            return
+        self.dialing.add(target)
+        self.spawn(self._dial(target))
+
+    async def _dial(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port)), DIAL_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            self.dialing.discard(target)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
+            self.callbacks.attempt_failed(target, f"connect to {target} failed: {reason}")
+            return
+        channel = ControlChannel(reader, writer, True, self.identity.security_factory(True))
+        await self._run(channel, target)
+
+    # -- inbound -------------------------------------------------------------------
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        channel = ControlChannel(reader, writer, False, self.identity.security_factory(False))
+        await self._run(channel, None)
+
+    # -- both ----------------------------------------------------------------------
+
+    async def _run(self, channel: ControlChannel, target: str | None) -> None:
+        local_index = self.new_receiver_index()
+        ours = Hello(self.identity.name, self.identity.uid, self.identity.udp_port,
+                     local_index, self.identity.nickname, self.identity.flags)
+        try:
+            hello = await channel.handshake(ours)
+            self._vet(hello)
+        except ConnectionRefused as exc:
+            channel.close(exc.reason)
+            self._attempt_done(target, None, exc.reason)
+            return
+        except Exception as exc:  # noqa: BLE001 - handshake layer errors become reasons
+            channel.close()
+            self._attempt_done(target, None, f"handshake failed: {exc}")
+            return
+        conn = self._register(channel, target, hello, local_index)
+        if conn is None:
+            return
+        self._attempt_done(target, hello.name, None)
+        await self._read_messages(conn)
+
+    def _vet(self, hello: Hello) -> None:
+        if hello.name == self.identity.name:
+            if hello.uid == self.identity.uid:
+                raise ConnectionRefused("cannot connect to ourself")
+            raise ConnectionRefused(
+                f"peer uses our name {describe_peer(hello.name, hello.nickname)}")
+
+    def _attempt_done(self, target: str | None, peer: int | None, reason: str | None) -> None:
+        if target is None:
+            if reason:
+                log.info("inbound connection refused: %s", reason)
+            return
+        self.dialing.discard(target)
+        if reason is None and peer is not None:
+            self.callbacks.attempt_succeeded(target, peer)
+        else:
+            self.callbacks.attempt_failed(target, reason or "unknown failure")
+
+    def _register(
+        self, channel: ControlChannel, target: str | None, hello: Hello, local_index: int
+    ) -> Connection | None:
+        host = channel.remote[0]
+        link = PlainLink(hello.name, (host, hello.udp_port), local_index,
+                         hello.receiver_index, MAX_DATAGRAM)
+        now = asyncio.get_running_loop().time()
+        conn = Connection(channel, channel.outbound, target, hello, link, now)
+        existing = self.connections.get(hello.name)
+        if existing is not None:
+            keep_new = self._prefer(conn, existing)
+            if not keep_new:
+                channel.close("duplicate connection")
+                self._attempt_done(target, None, "duplicate connection: already connected")
+                return None
+            self.drop(existing, "superseded by a newer connection")
+        self.connections[hello.name] = conn
+        self.add_link(link)
+        self.send_heartbeat(link, now)
+        return conn
+
+    def _initiator_name(self, conn: Connection) -> int:
+        return self.identity.name if conn.outbound else conn.hello.name
+
+    def _prefer(self, new: Connection, old: Connection) -> bool:
+        """Keep the connection dialed by the lower-named peer; a peer restart (new uid) wins."""
+        if new.hello.uid != old.hello.uid:
+            return True
+        new_init, old_init = self._initiator_name(new), self._initiator_name(old)
+        if new_init == old_init:
+            return True  # same side redialed: the old one is stale
+        return new_init < old_init
+
+    async def _read_messages(self, conn: Connection) -> None:
+        reason = "connection closed by peer"
+        try:
+            while True:
+                message = await conn.channel.recv()
+                kind = message_type(message)
+                if kind == MSG_GOSSIP:
+                    channel_name, payload = pull_gossip(message)
+                    self.callbacks.gossip(conn, channel_name, payload)
+                elif kind == MSG_CLOSE:
+                    reason = f"peer closed the connection: {pull_close(message)}"
+                    break
+        except asyncio.IncompleteReadError:
+            pass
+        except MalformedControl as exc:
+            reason = f"protocol error: {exc}"
+        except ConnectionRefused as exc:
+            reason = exc.reason
+        except OSError as exc:
+            reason = f"connection error: {exc.strerror or exc}"
+        except asyncio.CancelledError:
+            reason = "router stopping"
+        self.drop(conn, reason)
+
+    def drop(self, conn: Connection, reason: str) -> None:
+        if conn.dropped:
+            return
+        conn.dropped = True
+        conn.channel.close(reason)
+        self.remove_link(conn.link)
+        if self.connections.get(conn.hello.name) is conn:
+            del self.connections[conn.hello.name]
+        log.info("connection to %s dropped: %s",
+                 describe_peer(conn.hello.name, conn.hello.nickname), reason)
+        if conn.target is not None:
+            self.last_close_reason[conn.target] = reason
+        self.callbacks.lost(conn, reason)
+
+
+def wall_clock_string(delay: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + delay))

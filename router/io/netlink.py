@@ -1,0 +1,65 @@
+"""Kernel network devices the router owns, through netlink (pyroute2).
+
+Theory of operation: the router needs exactly two devices in its namespace — the Linux
+bridge `weave` that containers' veths plug into, and the router's own TAP port enslaved
+to it.  `ensure_bridge` is idempotent (a bridge left by an earlier run is reused, as Weave
+Net keeps its bridge across `weave stop`), and `enslave` puts a port on the bridge with
+the overlay MTU and brings it up.  Nothing here parses `ip` output.
+"""
+
+from __future__ import annotations
+
+from pyroute2 import IPRoute
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def ensure_bridge(name: str, mtu: int) -> str:
+    """Create bridge `name` if missing, set its MTU, bring it up; return its MAC."""
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            ipr.link("add", ifname=name, kind="bridge")
+            index = _index(ipr, name)
+            if index is None:
+                raise OSError(f"bridge {name} vanished right after creation")
+        ipr.link("set", index=index, state="up")
+        link = ipr.get_links(index)[0]
+        return str(link.get_attr("IFLA_ADDRESS"))
+
+
+def enslave(port: str, bridge: str, mtu: int) -> None:
+    """Plug `port` into `bridge` with the given MTU, and bring it up."""
+    with IPRoute() as ipr:
+        port_index = _index(ipr, port)
+        bridge_index = _index(ipr, bridge)
+        if port_index is None or bridge_index is None:
+            raise OSError(f"cannot enslave {port} to {bridge}: device missing")
+        ipr.link("set", index=port_index, mtu=mtu)
+        ipr.link("set", index=port_index, master=bridge_index, state="up")
+
+
+def bridge_mtu(bridge: str) -> int | None:
+    with IPRoute() as ipr:
+        index = _index(ipr, bridge)
+        if index is None:
+            return None
+        return int(ipr.get_links(index)[0].get_attr("IFLA_MTU"))
+
+
+def route_mtu_towards(address: str) -> int | None:
+    """The MTU of the device the kernel would use to reach `address` (None if unknown)."""
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=address)
+        except Exception:  # noqa: BLE001 - no route is not an error for the caller
+            return None
+        if not routes:
+            return None
+        oif = routes[0].get_attr("RTA_OIF")
+        if oif is None:
+            return None
+        return int(ipr.get_links(oif)[0].get_attr("IFLA_MTU"))

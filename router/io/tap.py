@@ -1,0 +1,48 @@
+"""The TAP port: the router's door into the `weave` bridge.
+
+Theory of operation: the router opens /dev/net/tun as a TAP device (Ethernet frames, no
+packet-information prefix) with IFF_VNET_HDR, so every read and write carries a 10-byte
+virtio_net_hdr in front of the frame.  With offloads off (the default), that header is all
+zeros and frames are at most MTU + 14 bytes; with `offload=True` the kernel may hand us
+64 KB TCP super-frames (TSO) with partial checksums, described by that header, which the
+far side writes back verbatim so its kernel finishes the job.  python-pytun has no
+IFF_VNET_HDR / TUNSETOFFLOAD, so this module issues the ioctls itself.
+
+The descriptor is non-blocking; the data plane drains it until EAGAIN on every wake-up.
+Closing the descriptor deletes the (non-persistent) device.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+VNET_HDR_SIZE = 10
+IFNAMSIZ = 16
+
+
+def open_tap(name: str, offload: bool = False) -> int:
+    """Create TAP device `name`; return its non-blocking file descriptor."""
+    if len(name.encode()) >= IFNAMSIZ:
+        raise ValueError(f"interface name {name!r} is longer than 15 bytes")
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        ifreq = struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        fcntl.ioctl(fd, TUNSETIFF, ifreq)
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
+        flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 if offload else 0
+        fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

@@ -1,0 +1,206 @@
+"""The router: core and I/O wired together for one host.
+
+Theory of operation: `Router.start` builds, in order, the `weave` bridge and the TAP port
+on it, the UDP data plane, the TCP control listener (port 6783) and the HTTP API
+(127.0.0.1:6784) — the API last, so a router that answers `GET /status` is a router
+that works.  From then on the event loop runs three kinds of work: the data plane's
+descriptor callbacks (hot), the connection manager's per-connection readers, and a few
+periodic tasks (heartbeats, dialing due targets, MAC expiry).  `Router.stop` closes
+connections with a reason, removes the TAP port and the listeners; the bridge stays, as
+with Weave Net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from dataclasses import dataclass, field
+
+from pyweave.router.api_types import API_PORT, CONTROL_PORT
+from pyweave.router.attachments import AttachmentStore
+from pyweave.router.connections import (
+    Connection,
+    ConnectionCallbacks,
+    ConnectionManager,
+    Identity,
+)
+from pyweave.router.core.forwarder import Forwarder
+from pyweave.router.core.mac_table import MacTable
+from pyweave.router.core.targets import Targets
+from pyweave.router.io import netlink
+from pyweave.router.io.api import ApiServer
+from pyweave.router.io.datapath import DataPlane, open_udp_socket
+from pyweave.router.io.tap import open_tap
+
+log = logging.getLogger(__name__)
+
+BRIDGE = "weave"
+TAP_NAME = "vethwe-tap"
+DEFAULT_MTU = 1376
+MAC_EXPIRY_INTERVAL = 30.0
+
+
+@dataclass
+class RouterConfig:
+    name: int
+    nickname: str
+    state_dir: str
+    port: int = CONTROL_PORT
+    api_host: str = "127.0.0.1"
+    api_port: int = API_PORT
+    peers: list[str] = field(default_factory=list)
+    mtu: int = DEFAULT_MTU
+    ipalloc_range: str = "10.128.0.0/10"
+    password: bytes | None = None
+    discovery: bool = True
+    conn_limit: int = 100
+    trusted_subnets: list[str] = field(default_factory=list)
+
+
+class DirectRoutes:
+    """Routes over direct links only: every established neighbour is one hop away."""
+
+    def __init__(self, ourselves: int, connections: dict[int, Connection]) -> None:
+        self.ourselves = ourselves
+        self.connections = connections
+
+    def next_hop(self, destination: int) -> int | None:
+        conn = self.connections.get(destination)
+        return destination if conn is not None and conn.state == "established" else None
+
+    def broadcast_next_hops(self, source: int) -> tuple[int, ...]:
+        if source != self.ourselves:
+            return ()
+        return tuple(n for n, c in self.connections.items() if c.state == "established")
+
+
+class Router:
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.uid = int.from_bytes(os.urandom(8), "big")
+        self.rng = random.Random(os.urandom(16))
+        self.macs = MacTable()
+        self.targets = Targets(self.rng, default_port=config.port)
+        self.attachments = AttachmentStore(os.path.join(config.state_dir, "attachments.json"))
+        identity = Identity(config.name, config.nickname, self.uid, config.port)
+        callbacks = ConnectionCallbacks(
+            established=self._on_established,
+            lost=self._on_lost,
+            gossip=self._on_gossip,
+            attempt_failed=self._on_attempt_failed,
+            attempt_succeeded=self._on_attempt_succeeded,
+        )
+        self.connections = ConnectionManager(
+            identity, callbacks, self._new_receiver_index,
+            add_link=lambda link: self.dataplane.add_link(link),
+            remove_link=lambda link: self.dataplane.remove_link(link),
+            send_heartbeat=lambda link, now: self.dataplane.send_heartbeat(link, now),
+        )
+        self.routes = DirectRoutes(config.name, self.connections.connections)
+        self.forwarder = Forwarder(config.name, self.routes, self.macs)
+        self.api = ApiServer()
+        self.stopping = asyncio.Event()
+        self._periodic: list[asyncio.Task[None]] = []
+        self._tap_fd = -1
+        self._control_server: asyncio.Server | None = None
+        self.dataplane: DataPlane
+
+    def _new_receiver_index(self) -> int:
+        while True:
+            index = self.rng.getrandbits(32)
+            if index and index not in self.dataplane.links_by_index:
+                return index
+
+    # -- start / stop --------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        # pyroute2's synchronous API runs its own event loop: keep it off ours.
+        await asyncio.to_thread(netlink.ensure_bridge, BRIDGE, cfg.mtu)
+        self._tap_fd = open_tap(TAP_NAME)
+        await asyncio.to_thread(netlink.enslave, TAP_NAME, BRIDGE, cfg.mtu)
+        sock = open_udp_socket(cfg.port)
+        self.dataplane = DataPlane(loop, self._tap_fd, sock, self.forwarder, self.connections.heard)
+        self.dataplane.start()
+        self._control_server = await asyncio.start_server(
+            self.connections.accept, "0.0.0.0", cfg.port, reuse_address=True)
+        self.targets.add(cfg.peers, replace=False)
+        self._periodic = [
+            asyncio.ensure_future(self.connections.heartbeat_loop()),
+            asyncio.ensure_future(self._dial_loop()),
+            asyncio.ensure_future(self._expiry_loop()),
+        ]
+        from pyweave.router.api_handlers import register_handlers
+
+        register_handlers(self.api, self)
+        await self.api.start(cfg.api_host, cfg.api_port)
+        log.info("router started: %s", self.describe())
+
+    async def stop(self) -> None:
+        for task in self._periodic:
+            task.cancel()
+        self.connections.close_all("router stopping")
+        await self.api.stop()
+        if self._control_server is not None:
+            self._control_server.close()
+        self.dataplane.stop()
+        self.dataplane.sock.close()
+        if self._tap_fd >= 0:
+            os.close(self._tap_fd)  # deletes the TAP device
+            self._tap_fd = -1
+
+    def describe(self) -> str:
+        from pyweave.router.core.names import describe_peer
+
+        return describe_peer(self.config.name, self.config.nickname)
+
+    # -- periodic work -------------------------------------------------------------
+
+    async def _dial_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            connected = {c.target for c in self.connections.connections.values() if c.target}
+            for target in self.targets.due(now, connected):
+                if len(self.connections.connections) >= self.config.conn_limit:
+                    break
+                self.targets.connecting(target)
+                self.connections.dial(target)
+            await self.targets.wait(loop, now)
+
+    async def _expiry_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(MAC_EXPIRY_INTERVAL)
+            self.macs.expire(loop.time())
+
+    # -- connection events ---------------------------------------------------------
+
+    def _on_established(self, conn: Connection) -> None:
+        pass
+
+    def _on_lost(self, conn: Connection, reason: str) -> None:
+        self.macs.forget_owner(conn.hello.name)
+        if conn.target is not None:
+            self.targets.failed(conn.target, reason, asyncio.get_running_loop().time())
+
+    def _on_gossip(self, conn: Connection, channel: str, payload: bytes) -> None:
+        log.debug("gossip on %s from %x ignored (%d bytes)", channel, conn.hello.name, len(payload))
+
+    def _on_attempt_failed(self, target: str, reason: str) -> None:
+        permanent = reason == "cannot connect to ourself"
+        self.targets.failed(target, reason, asyncio.get_running_loop().time(), permanent)
+
+    def _on_attempt_succeeded(self, target: str, peer: int) -> None:
+        self.targets.succeeded(target)
+
+
+def resolve_host(address: str) -> str:
+    try:
+        return socket.gethostbyname(address)
+    except OSError:
+        return address
