@@ -35,8 +35,10 @@ def call(method: str, path: str, body: object = None, timeout: float = TIMEOUT) 
         response = conn.getresponse()
         raw = response.read()
     except (OSError, http.client.HTTPException) as exc:
-        raise CliError("weave router is not running (no answer on "
-                       f"{host}:{port}); start it with 'weave launch'") from exc
+        raise CliError(
+            "weave router is not running (no answer on "
+            f"{host}:{port}); start it with 'weave launch'"
+        ) from exc
     finally:
         conn.close()
     try:

@@ -11,13 +11,13 @@ addresses, or all of them, and deletes `ethwe` when none is left.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import socket
 import struct
 
 from pyroute2 import IPRoute
-
 from pyweave.cli import api_client
 from pyweave.cli.errors import CliError
 from pyweave.cli.netns import Container, entered
@@ -31,10 +31,12 @@ ETH_P_ARP = 0x0806
 def parse_cidrs(args: list[str]) -> list[ipaddress.IPv4Interface]:
     cidrs: list[ipaddress.IPv4Interface] = []
     for arg in args:
-        text = arg[len("ip:"):] if arg.startswith("ip:") else arg
+        text = arg[len("ip:") :] if arg.startswith("ip:") else arg
         if text.startswith("net:"):
-            raise CliError(f"{arg}: allocation from a subnet needs IPAM, which is not "
-                           "available in this version; give an address like 10.128.0.2/10")
+            raise CliError(
+                f"{arg}: allocation from a subnet needs IPAM, which is not "
+                "available in this version; give an address like 10.128.0.2/10"
+            )
         if "/" not in text:
             raise CliError(f"invalid address {arg!r}: expected CIDR notation like 10.128.0.2/10")
         try:
@@ -75,8 +77,10 @@ def _container_link(container: Container) -> tuple[str, list[str]] | None:
         if index is None:
             return None
         mac = str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
-        cidrs = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-                 for a in ipr.get_addr(index=index, family=socket.AF_INET)]
+        cidrs = [
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+            for a in ipr.get_addr(index=index, family=socket.AF_INET)
+        ]
         return mac, cidrs
 
 
@@ -108,12 +112,15 @@ def _add_addresses(container: Container, cidrs: list[ipaddress.IPv4Interface]) -
         index = _index(ipr, CONTAINER_IFNAME)
         if index is None:
             raise CliError("ethwe vanished from the container")
-        existing = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-                    for a in ipr.get_addr(index=index, family=socket.AF_INET)}
+        existing = {
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+            for a in ipr.get_addr(index=index, family=socket.AF_INET)
+        }
         for iface in cidrs:
             if str(iface) not in existing:
-                ipr.addr("add", index=index, address=str(iface.ip),
-                         prefixlen=iface.network.prefixlen)
+                ipr.addr(
+                    "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+                )
         mac = str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
         for iface in cidrs:
             _gratuitous_arp(index, mac, iface.ip)
@@ -123,8 +130,9 @@ def _add_addresses(container: Container, cidrs: list[ipaddress.IPv4Interface]) -
 def _gratuitous_arp(index: int, mac: str, ip: ipaddress.IPv4Address) -> None:
     """Announce `ip` at `mac` (best effort: a failure only delays MAC learning)."""
     raw_mac = bytes.fromhex(mac.replace(":", ""))
-    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, raw_mac, ip.packed,
-                      b"\x00" * 6, ip.packed)
+    arp = struct.pack(
+        "!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, raw_mac, ip.packed, b"\x00" * 6, ip.packed
+    )
     frame = b"\xff" * 6 + raw_mac + struct.pack("!H", ETH_P_ARP) + arp
     try:
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
@@ -137,8 +145,10 @@ def _gratuitous_arp(index: int, mac: str, ip: ipaddress.IPv4Address) -> None:
 def attach(container: Container, cidr_args: list[str]) -> list[str]:
     cidrs = parse_cidrs(cidr_args)
     if not cidrs:
-        raise CliError("no address given: IPAM is not available in this version; "
-                       "give an address like 10.128.0.2/10")
+        raise CliError(
+            "no address given: IPAM is not available in this version; "
+            "give an address like 10.128.0.2/10"
+        )
     bridge_index, mtu, _ = bridge_state()
     api_client.call("GET", "/status")  # the router must be up to record the attachment
     if _container_link(container) is None:
@@ -146,8 +156,12 @@ def attach(container: Container, cidr_args: list[str]) -> list[str]:
     mac = _add_addresses(container, cidrs)
     current = _container_link(container)
     all_cidrs = current[1] if current else [str(c) for c in cidrs]
-    record: Attachment = {"container": container.id, "mac": mac, "cidrs": all_cidrs,
-                          "netns": container.spec}
+    record: Attachment = {
+        "container": container.id,
+        "mac": mac,
+        "cidrs": all_cidrs,
+        "netns": container.spec,
+    }
     api_client.call("PUT", f"/attachments/{container.id}", record)
     return [str(c.ip) for c in cidrs]
 
@@ -173,12 +187,13 @@ def detach(container: Container, cidr_args: list[str]) -> list[str]:
             else:
                 ipr.link("del", index=index)
     if remaining:
-        api_client.call("PUT", f"/attachments/{container.id}",
-                        {"container": container.id, "mac": mac, "cidrs": remaining,
-                         "netns": container.spec})
+        api_client.call(
+            "PUT",
+            f"/attachments/{container.id}",
+            {"container": container.id, "mac": mac, "cidrs": remaining, "netns": container.spec},
+        )
     else:
-        try:
+        # not recorded (attached by an older router): nothing to forget
+        with contextlib.suppress(CliError):
             api_client.call("DELETE", f"/attachments/{container.id}")
-        except CliError:
-            pass  # not recorded (attached by an older router): nothing to forget
     return [c.split("/")[0] for c in remove]

@@ -104,9 +104,11 @@ def lab_up(
             _launch_routers(record, password)
             st.save_record(record)
             _attach_containers(record)
-    except (LabError, OSError, subprocess.SubprocessError) as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # pyroute2's NetlinkError is no OSError
         if not getattr(options, "keep_on_error", False):
             lab_down(prefix, out=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
         raise LabError(f"lab up failed: {exc}") from exc
     print_summary(record, out)
     return record

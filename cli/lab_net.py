@@ -42,7 +42,10 @@ NsId = tuple[int, int]  # (st_dev, st_ino) of a network namespace
 
 
 def list_namespaces() -> list[str]:
-    names: list[str] = netns.listnetns()
+    try:
+        names: list[str] = netns.listnetns()
+    except FileNotFoundError:  # no /run/netns yet: no namespaces
+        return []
     return names
 
 

@@ -85,8 +85,12 @@ def launch(router_args: list[str], password: str | None) -> str:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pyweave.router", "--state-dir", directory, *router_args],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env, close_fds=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
         )
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     while time.monotonic() < deadline:
@@ -98,8 +102,7 @@ def launch(router_args: list[str], password: str | None) -> str:
         except CliError:
             time.sleep(POLL)
     proc.terminate()
-    raise CliError(f"weave router did not answer within {LAUNCH_TIMEOUT:.0f}s; "
-                   f"see {log_path}")
+    raise CliError(f"weave router did not answer within {LAUNCH_TIMEOUT:.0f}s; see {log_path}")
 
 
 def stop() -> None:

@@ -81,9 +81,18 @@ def build_parser() -> Parser:
 
 
 def _router_args(args: argparse.Namespace) -> list[str]:
-    argv = ["--nickname", args.nickname, "--port", str(args.port),
-            "--ipalloc-range", args.ipalloc_range, "--conn-limit", str(args.conn_limit),
-            "--mtu", str(args.mtu)]
+    argv = [
+        "--nickname",
+        args.nickname,
+        "--port",
+        str(args.port),
+        "--ipalloc-range",
+        args.ipalloc_range,
+        "--conn-limit",
+        str(args.conn_limit),
+        "--mtu",
+        str(args.mtu),
+    ]
     if args.name:
         argv += ["--name", args.name]
     if args.no_discovery:
@@ -177,9 +186,16 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "launch": cmd_launch, "stop": cmd_stop, "status": cmd_status, "report": cmd_report,
-    "ps": cmd_ps, "attach": cmd_attach, "detach": cmd_attach, "connect": cmd_connect,
-    "forget": cmd_forget, "lab": cmd_lab,
+    "launch": cmd_launch,
+    "stop": cmd_stop,
+    "status": cmd_status,
+    "report": cmd_report,
+    "ps": cmd_ps,
+    "attach": cmd_attach,
+    "detach": cmd_attach,
+    "connect": cmd_connect,
+    "forget": cmd_forget,
+    "lab": cmd_lab,
 }
 
 

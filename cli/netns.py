@@ -65,7 +65,7 @@ def entered(netns_path: str) -> Iterator[None]:
 def resolve(spec: str) -> Container:
     """Resolve a container spec; CliError with a one-line reason when it cannot be."""
     if spec.startswith("netns:"):
-        name = spec[len("netns:"):]
+        name = spec[len("netns:") :]
         if not _NAME_RE.match(name):
             raise CliError(f"invalid namespace name in {spec!r}")
         path = os.path.join(NETNS_DIR, name)
@@ -73,7 +73,7 @@ def resolve(spec: str) -> Container:
             raise CliError(f"network namespace {name!r} does not exist")
         return Container(name, spec, path)
     if spec.startswith("pid:"):
-        pid = spec[len("pid:"):]
+        pid = spec[len("pid:") :]
         if not pid.isdigit() or int(pid) <= 0:
             raise CliError(f"invalid process id in {spec!r}")
         path = f"/proc/{int(pid)}/ns/net"
@@ -85,16 +85,20 @@ def resolve(spec: str) -> Container:
 
 def _resolve_docker(ref: str) -> Container:
     if not ref or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", ref):
-        raise CliError(f"invalid container {ref!r}: expected a Docker container name or ID, "
-                       "netns:NAME or pid:PID")
+        raise CliError(
+            f"invalid container {ref!r}: expected a Docker container name or ID, "
+            "netns:NAME or pid:PID"
+        )
     try:
         import docker  # the Docker SDK; only needed for Docker containers
         from docker.errors import DockerException, NotFound
 
         client = docker.from_env()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no Docker here"
-        raise CliError(f"container {ref!r}: Docker is not reachable ({exc}); "
-                       "use netns:NAME or pid:PID for plain namespaces") from exc
+    except Exception as exc:
+        raise CliError(
+            f"container {ref!r}: Docker is not reachable ({exc}); "
+            "use netns:NAME or pid:PID for plain namespaces"
+        ) from exc
     try:
         info = client.api.inspect_container(ref)
     except NotFound as exc:

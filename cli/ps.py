@@ -11,7 +11,6 @@ import socket
 from typing import cast
 
 from pyroute2 import IPRoute
-
 from pyweave.cli import api_client
 from pyweave.cli.attach import bridge_state
 from pyweave.cli.errors import CliError
@@ -23,8 +22,10 @@ from pyweave.router.api_types import Attachment
 def _expose_line() -> Attachment:
     index, _, mac = bridge_state()
     with IPRoute() as ipr:
-        cidrs = [f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-                 for a in ipr.get_addr(index=index, family=socket.AF_INET)]
+        cidrs = [
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+            for a in ipr.get_addr(index=index, family=socket.AF_INET)
+        ]
     return {"container": "weave:expose", "mac": mac, "cidrs": cidrs}
 
 

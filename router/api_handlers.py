@@ -39,6 +39,7 @@ def register_handlers(api: ApiServer, router: Router) -> None:
             peers = _peer_list(body)
             replace = bool(isinstance(body, dict) and body.get("replace"))
             added = router.targets.add(peers, replace=replace)
+            router.wake_dialer()
         except BadTarget as exc:
             return 400, {"error": str(exc)}
         return 200, {"targets": added}

@@ -122,8 +122,10 @@ class ConnectionManager:
 
     def _check_liveness(self, conn: Connection, now: float) -> None:
         if conn.state == "pending" and now - conn.created > PENDING_TIMEOUT:
-            self.drop(conn, f"no UDP traffic from peer within {PENDING_TIMEOUT:.0f}s "
-                            "(is UDP port blocked?)")
+            self.drop(
+                conn,
+                f"no UDP traffic from peer within {PENDING_TIMEOUT:.0f}s (is UDP port blocked?)",
+            )
             return
         if conn.state == "established" and now - conn.link.last_heard > DEAD_AFTER:
             self.drop(conn, f"peer silent: no heartbeat for {DEAD_AFTER:.0f}s")
@@ -136,8 +138,9 @@ class ConnectionManager:
         conn = self.connections.get(link.peer)
         if conn is not None and conn.link is link and conn.state == "pending":
             conn.state = "established"
-            log.info("connection to %s established", describe_peer(conn.hello.name,
-                                                                   conn.hello.nickname))
+            log.info(
+                "connection to %s established", describe_peer(conn.hello.name, conn.hello.nickname)
+            )
             self.callbacks.established(conn)
 
     def close_all(self, reason: str) -> None:
@@ -178,8 +181,14 @@ class ConnectionManager:
 
     async def _run(self, channel: ControlChannel, target: str | None) -> None:
         local_index = self.new_receiver_index()
-        ours = Hello(self.identity.name, self.identity.uid, self.identity.udp_port,
-                     local_index, self.identity.nickname, self.identity.flags)
+        ours = Hello(
+            self.identity.name,
+            self.identity.uid,
+            self.identity.udp_port,
+            local_index,
+            self.identity.nickname,
+            self.identity.flags,
+        )
         try:
             hello = await channel.handshake(ours)
             self._vet(hello)
@@ -187,7 +196,7 @@ class ConnectionManager:
             channel.close(exc.reason)
             self._attempt_done(target, None, exc.reason)
             return
-        except Exception as exc:  # noqa: BLE001 - handshake layer errors become reasons
+        except Exception as exc:
             channel.close()
             self._attempt_done(target, None, f"handshake failed: {exc}")
             return
@@ -202,7 +211,8 @@ class ConnectionManager:
             if hello.uid == self.identity.uid:
                 raise ConnectionRefused("cannot connect to ourself")
             raise ConnectionRefused(
-                f"peer uses our name {describe_peer(hello.name, hello.nickname)}")
+                f"peer uses our name {describe_peer(hello.name, hello.nickname)}"
+            )
 
     def _attempt_done(self, target: str | None, peer: int | None, reason: str | None) -> None:
         if target is None:
@@ -219,8 +229,9 @@ class ConnectionManager:
         self, channel: ControlChannel, target: str | None, hello: Hello, local_index: int
     ) -> Connection | None:
         host = channel.remote[0]
-        link = PlainLink(hello.name, (host, hello.udp_port), local_index,
-                         hello.receiver_index, MAX_DATAGRAM)
+        link = PlainLink(
+            hello.name, (host, hello.udp_port), local_index, hello.receiver_index, MAX_DATAGRAM
+        )
         now = asyncio.get_running_loop().time()
         conn = Connection(channel, channel.outbound, target, hello, link, now)
         existing = self.connections.get(hello.name)
@@ -280,8 +291,11 @@ class ConnectionManager:
         self.remove_link(conn.link)
         if self.connections.get(conn.hello.name) is conn:
             del self.connections[conn.hello.name]
-        log.info("connection to %s dropped: %s",
-                 describe_peer(conn.hello.name, conn.hello.nickname), reason)
+        log.info(
+            "connection to %s dropped: %s",
+            describe_peer(conn.hello.name, conn.hello.nickname),
+            reason,
+        )
         if conn.target is not None:
             self.last_close_reason[conn.target] = reason
         self.callbacks.lost(conn, reason)

@@ -86,7 +86,9 @@ async def serve(config: RouterConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     os.makedirs(args.state_dir, exist_ok=True)
     pid_fd = lock_pid_file(args.state_dir)
     password = os.environ.get("WEAVE_PASSWORD") or None

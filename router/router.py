@@ -13,6 +13,7 @@ with Weave Net.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -94,7 +95,9 @@ class Router:
             attempt_succeeded=self._on_attempt_succeeded,
         )
         self.connections = ConnectionManager(
-            identity, callbacks, self._new_receiver_index,
+            identity,
+            callbacks,
+            self._new_receiver_index,
             add_link=lambda link: self.dataplane.add_link(link),
             remove_link=lambda link: self.dataplane.remove_link(link),
             send_heartbeat=lambda link, now: self.dataplane.send_heartbeat(link, now),
@@ -103,6 +106,7 @@ class Router:
         self.forwarder = Forwarder(config.name, self.routes, self.macs)
         self.api = ApiServer()
         self.stopping = asyncio.Event()
+        self._dial_wakeup = asyncio.Event()
         self._periodic: list[asyncio.Task[None]] = []
         self._tap_fd = -1
         self._control_server: asyncio.Server | None = None
@@ -127,7 +131,8 @@ class Router:
         self.dataplane = DataPlane(loop, self._tap_fd, sock, self.forwarder, self.connections.heard)
         self.dataplane.start()
         self._control_server = await asyncio.start_server(
-            self.connections.accept, "0.0.0.0", cfg.port, reuse_address=True)
+            self.connections.accept, "0.0.0.0", cfg.port, reuse_address=True
+        )
         self.targets.add(cfg.peers, replace=False)
         self._periodic = [
             asyncio.ensure_future(self.connections.heartbeat_loop()),
@@ -170,7 +175,12 @@ class Router:
                     break
                 self.targets.connecting(target)
                 self.connections.dial(target)
-            await self.targets.wait(loop, now)
+            self._dial_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dial_wakeup.wait(), self.targets.sleep_for(now))
+
+    def wake_dialer(self) -> None:
+        self._dial_wakeup.set()
 
     async def _expiry_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -187,6 +197,7 @@ class Router:
         self.macs.forget_owner(conn.hello.name)
         if conn.target is not None:
             self.targets.failed(conn.target, reason, asyncio.get_running_loop().time())
+            self.wake_dialer()
 
     def _on_gossip(self, conn: Connection, channel: str, payload: bytes) -> None:
         log.debug("gossip on %s from %x ignored (%d bytes)", channel, conn.hello.name, len(payload))
@@ -194,6 +205,7 @@ class Router:
     def _on_attempt_failed(self, target: str, reason: str) -> None:
         permanent = reason == "cannot connect to ourself"
         self.targets.failed(target, reason, asyncio.get_running_loop().time(), permanent)
+        self.wake_dialer()
 
     def _on_attempt_succeeded(self, target: str, peer: int) -> None:
         self.targets.succeeded(target)

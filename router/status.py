@@ -43,6 +43,7 @@ def _connection_statuses(router: Router, now: float) -> list[ConnectionStatus]:
             "peer": {"name": format_peer_name(conn.hello.name), "nickname": conn.hello.nickname},
             "encrypted": conn.link.encrypted,
             "mtu": router.config.mtu,
+            "overlay": "sleeve",
         }
         result.append(entry)
     for target, st in router.targets.states.items():
@@ -57,8 +58,14 @@ def _connection_statuses(router: Router, now: float) -> list[ConnectionStatus]:
         state = "connecting" if st.state == "connecting" else st.state
         if state == "retrying" and not st.reason:
             state = "connecting"
-        result.append({"address": target, "outbound": True, "state": state,  # type: ignore[typeddict-item]
-                       "info": info})
+        result.append(
+            {
+                "address": target,
+                "outbound": True,
+                "state": state,  # type: ignore[typeddict-item]
+                "info": info,
+            }
+        )
     return result
 
 
@@ -66,18 +73,31 @@ def _peer_statuses(router: Router) -> list[PeerStatus]:
     ours: list[PeerConnection] = []
     peers: list[PeerStatus] = []
     for conn in router.connections.connections.values():
-        ours.append({
-            "name": format_peer_name(conn.hello.name),
-            "nickname": conn.hello.nickname,
-            "address": conn.remote_address,
-            "outbound": conn.outbound,
-            "established": conn.state == "established",
-        })
-        peers.append({"name": format_peer_name(conn.hello.name), "nickname": conn.hello.nickname,
-                      "uid": str(conn.hello.uid), "version": 0, "connections": []})
-    me: PeerStatus = {"name": format_peer_name(router.config.name),
-                      "nickname": router.config.nickname, "uid": str(router.uid), "version": 0,
-                      "connections": ours}
+        ours.append(
+            {
+                "name": format_peer_name(conn.hello.name),
+                "nickname": conn.hello.nickname,
+                "address": conn.remote_address,
+                "outbound": conn.outbound,
+                "established": conn.state == "established",
+            }
+        )
+        peers.append(
+            {
+                "name": format_peer_name(conn.hello.name),
+                "nickname": conn.hello.nickname,
+                "uid": str(conn.hello.uid),
+                "version": 0,
+                "connections": [],
+            }
+        )
+    me: PeerStatus = {
+        "name": format_peer_name(router.config.name),
+        "nickname": router.config.nickname,
+        "uid": str(router.uid),
+        "version": 0,
+        "connections": ours,
+    }
     return [me, *peers]
 
 
@@ -100,5 +120,4 @@ def build_status(router: Router) -> Status:
         "connections": _connection_statuses(router, now),
         "peers": _peer_statuses(router),
     }
-    return {"version": VERSION, "router": router_status,
-            "attachments": router.attachments.list()}
+    return {"version": VERSION, "router": router_status, "attachments": router.attachments.list()}

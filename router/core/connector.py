@@ -17,8 +17,9 @@ A target is *valid* while it is direct or discovered, is not the remote address 
 our connections, and the peer it last led to is not connected to us by some other
 connection.  A direct target given without a port is also skipped while we have an inbound
 connection from its IP (both sides of ``launch A`` / ``launch B`` dial each other; one
-connection is enough).  Invalid targets that are not mid-dial are forgotten, and with them
-their backoff.
+connection is enough).  Direct targets keep their backoff state until forgotten; when the
+peer a target led to loses its last connection, the target is tried again at once.
+Discovered targets that become invalid are forgotten, backoff and all.
 
 Each target is ``waiting`` (due at `try_after`; None = never), ``connecting`` (dial in
 flight: `due` returned it) or ``connected``.  Outcomes come back through
@@ -320,10 +321,10 @@ class Connector:
     def _refresh(self) -> None:
         for address in list(self._targets):
             target = self._targets[address]
-            wanted = address in self._direct or address in self._discovered
-            if target.state == "waiting" and not (wanted and self._valid(address)):
-                if not (wanted and address in self._direct):
-                    del self._targets[address]
+            if target.state != "waiting" or address in self._direct:
+                continue  # direct targets keep their backoff until forgotten
+            if address not in self._discovered or not self._valid(address):
+                del self._targets[address]
         for address in sorted(set(self._direct) | self._discovered):
             if address not in self._targets and self._valid(address):
                 self._targets[address] = Target(address)

@@ -70,9 +70,13 @@ class Dial:
 
 @dataclass(frozen=True, slots=True)
 class DropConnection:
-    """Close our connection to `peer_name` at `address`, telling it `reason`."""
+    """Close the connection to `peer_name` (incarnation `peer_uid`) at `address`.
+
+    The shell must not report `connection_lost` for a connection it closed this way.
+    """
 
     peer_name: int
+    peer_uid: int
     address: str
     reason: str
 
@@ -177,7 +181,7 @@ class Mesh:
             reason, retry = refusal
             if outbound:
                 self.connector.connection_failed(remote_address, reason, now, retry=retry)
-            effects.append(DropConnection(peer_name, remote_address, reason))
+            effects.append(DropConnection(peer_name, peer_uid, remote_address, reason))
             return effects + self._after_change(now)
         self._connections[peer_name] = conn
         if outbound:
@@ -194,9 +198,16 @@ class Mesh:
         return self._publish_connections(now) + self._after_change(now)
 
     def connection_lost(
-        self, peer_name: int, remote_address: str, reason: str, now: float
+        self,
+        peer_name: int,
+        remote_address: str,
+        reason: str,
+        now: float,
+        peer_uid: int | None = None,
     ) -> list[Effect]:
-        if self._current(peer_name, remote_address) is None:
+        """A connection we accepted ended (error, EOF, heartbeat timeout)."""
+        conn = self._current(peer_name, remote_address)
+        if conn is None or (peer_uid is not None and peer_uid != conn.uid):
             return []
         effects = self._remove(peer_name, reason, now)
         return effects + self._publish_connections(now) + self._after_change(now)
@@ -340,7 +351,7 @@ class Mesh:
         self.gossiper.remove_neighbour(peer_name)
         if conn.outbound:
             self.connector.connection_failed(conn.address, reason, now)
-        return [DropConnection(peer_name, conn.address, reason)]
+        return [DropConnection(peer_name, conn.uid, conn.address, reason)]
 
     def _publish_connections(self, now: float, exclude: int | None = None) -> list[Effect]:
         records = [c.record() for c in self._connections.values()]

@@ -6,12 +6,11 @@ connection made from it is up, *retrying* after a failure (next attempt after a 
 exponential backoff with jitter: BASE * 2**attempts, at most CAP, times a random factor in
 [1 - JITTER, 1 + JITTER]) and *failed* when retrying is pointless (we dialed ourselves).
 A successful connection resets the backoff.  The caller passes `now`; the caller's loop
-sleeps until `next_deadline()` or until `changed` is set.
+sleeps for `sleep_for(now)` unless woken by a change.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 
@@ -51,7 +50,6 @@ class Targets:
         self.rng = rng
         self.default_port = default_port
         self.states: dict[str, TargetState] = {}
-        self.changed = asyncio.Event()
 
     def add(self, addresses: list[str], replace: bool) -> list[str]:
         normalised = [normalise_target(a, self.default_port) for a in addresses]
@@ -61,7 +59,6 @@ class Targets:
                     del self.states[old]
         for target in normalised:
             self.states.setdefault(target, TargetState())
-        self.changed.set()
         return normalised
 
     def forget(self, addresses: list[str]) -> list[str]:
@@ -71,11 +68,10 @@ class Targets:
         return normalised
 
     def backoff(self, attempts: int) -> float:
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(attempts, 16)))
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * float(1 << min(attempts, 16)))
         return delay * self.rng.uniform(1 - JITTER, 1 + JITTER)
 
     def due(self, now: float, connected: set[str]) -> list[str]:
-        self.changed.clear()
         due: list[str] = []
         for target, st in self.states.items():
             if target in connected:
@@ -104,7 +100,6 @@ class Targets:
             st.state = "retrying"
             st.next_try = now + self.backoff(st.attempts)
             st.attempts += 1
-        self.changed.set()
 
     def succeeded(self, target: str) -> None:
         st = self.states.get(target)
@@ -117,10 +112,7 @@ class Targets:
         pending = [s.next_try for s in self.states.values() if s.state == "retrying"]
         return min(pending) if pending else None
 
-    async def wait(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+    def sleep_for(self, now: float) -> float:
+        """How long the caller may sleep before something is due (unless woken)."""
         deadline = self.next_deadline()
-        timeout = IDLE_WAKEUP if deadline is None else max(0.05, min(IDLE_WAKEUP, deadline - now))
-        try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
-        except TimeoutError:
-            pass
+        return IDLE_WAKEUP if deadline is None else max(0.05, min(IDLE_WAKEUP, deadline - now))

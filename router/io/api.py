@@ -22,8 +22,15 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 REQUEST_TIMEOUT = 10.0
 Handler = Callable[[str, object], Awaitable[tuple[int, object]]]
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           409: "Conflict", 500: "Internal Server Error", 503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class BadRequest(Exception):
@@ -55,7 +62,7 @@ class ApiServer:
             status, document = 400, {"error": str(exc)}
         except TimeoutError:
             status, document = 400, {"error": "request timed out"}
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the router
+        except Exception as exc:
             log.exception("API handler failed")
             status, document = 500, {"error": f"internal error: {exc}"}
         body = json.dumps(document).encode()
@@ -92,7 +99,7 @@ class ApiServer:
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 matched_path = True
                 if route_method == method:
-                    return await handler(path[len(prefix):].lstrip("/"), body)
+                    return await handler(path[len(prefix) :].lstrip("/"), body)
         if matched_path:
             return 405, {"error": f"{method} not allowed on {path}"}
         return 404, {"error": f"no such endpoint {path}"}

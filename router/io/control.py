@@ -12,6 +12,7 @@ All byte layouts live in core/wire/control.py; this module only moves them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Protocol
 
 from pyweave.router.core.wire.control import (
@@ -105,7 +106,9 @@ class ControlChannel:
         self.writer.write(push_preamble(self.mode))
         version, mode = pull_preamble(await self.reader.readexactly(PREAMBLE_SIZE))
         if version != CONTROL_VERSION:
-            raise ConnectionRefused(f"protocol version mismatch: ours {CONTROL_VERSION}, theirs {version}")
+            raise ConnectionRefused(
+                f"protocol version mismatch: ours {CONTROL_VERSION}, theirs {version}"
+            )
         if mode != self.mode:
             raise ConnectionRefused(_mode_mismatch(self.mode, mode))
         ours = push_hello(hello)
@@ -142,9 +145,7 @@ class ControlChannel:
         if self.closed:
             return
         if reason is not None:
-            try:
+            with contextlib.suppress(OSError, RuntimeError):
                 self.send(push_close(reason))
-            except (OSError, RuntimeError):
-                pass
         self.closed = True
         self.writer.close()

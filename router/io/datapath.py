@@ -224,7 +224,9 @@ class DataPlane:
         records = pull_frame_records(body)
         if not records:
             return
-        deliver, relay = self.forwarder.from_peer(source, destination, bytes(records[0][16:22]), now)
+        deliver, relay = self.forwarder.from_peer(
+            source, destination, bytes(records[0][16:22]), now
+        )
         if deliver:
             learn = self.forwarder.macs.learn
             tap_fd = self.tap_fd

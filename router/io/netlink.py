@@ -55,7 +55,7 @@ def route_mtu_towards(address: str) -> int | None:
     with IPRoute() as ipr:
         try:
             routes = ipr.route("get", dst=address)
-        except Exception:  # noqa: BLE001 - no route is not an error for the caller
+        except Exception:
             return None
         if not routes:
             return None

@@ -6,7 +6,6 @@ from collections import Counter, deque
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pyweave.router.core.routes import (
     Routes,
     broadcast_next_hops,
@@ -18,7 +17,9 @@ from pyweave.router.core.topology import ConnectionRecord, PeerRecord, Topology
 Edge = tuple[int, int]
 
 
-def records_for(nodes: list[int], edges: set[Edge], one_sided: set[Edge] | None = None) -> list[PeerRecord]:
+def records_for(
+    nodes: list[int], edges: set[Edge], one_sided: set[Edge] | None = None
+) -> list[PeerRecord]:
     claims: dict[int, list[ConnectionRecord]] = {n: [] for n in nodes}
     for a, b in edges:
         claims[a].append(ConnectionRecord(b, f"h{b}:6783", True, True))
@@ -50,7 +51,9 @@ def connected_graphs(draw: st.DrawFn) -> tuple[list[int], set[Edge], set[Edge]]:
             edges.add((a, b))
     pairs = [(a, b) for a in nodes for b in nodes if a != b]
     candidates = [p for p in pairs if p not in edges and (p[1], p[0]) not in edges]
-    one_sided = set(draw(st.lists(st.sampled_from(candidates), max_size=3))) if candidates else set()
+    one_sided = (
+        set(draw(st.lists(st.sampled_from(candidates), max_size=3))) if candidates else set()
+    )
     one_sided = {(a, b) for a, b in one_sided if (b, a) not in one_sided}
     return nodes, edges, one_sided
 
@@ -69,7 +72,9 @@ def distances(links: dict[int, tuple[int, ...]], root: int) -> dict[int, int]:
 
 @settings(max_examples=60, deadline=None)
 @given(connected_graphs())
-def test_broadcast_reaches_everyone_exactly_once(graph: tuple[list[int], set[Edge], set[Edge]]) -> None:
+def test_broadcast_reaches_everyone_exactly_once(
+    graph: tuple[list[int], set[Edge], set[Edge]],
+) -> None:
     nodes, edges, one_sided = graph
     records = records_for(nodes, edges, one_sided)
     tables = {n: broadcast_next_hops(topology_for(n, records), n) for n in nodes}
