@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything pyweave and its tests need on a fresh Debian 12, into ./.venv.
+# Idempotent: safe to run again; skips apt when every tool is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(iproute2 iputils-ping iperf3 dnsutils tcpdump procps psmisc kmod
+              python3 python3-venv python3-pip ca-certificates)
+missing=()
+for tool in ip ping iperf3 dig tcpdump ps; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then missing+=(venv); fi
+if ((${#missing[@]})); then
+    echo "installing system packages (missing: ${missing[*]})"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+fi
+
+if [ -z "${PIP_CERT:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+fi
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "pyweave installed in $(pwd)/.venv (weave: $(pwd)/.venv/bin/weave)"
