@@ -104,26 +104,56 @@ class LocalConnection:
 
 
 class TopologyChannel(ChannelBase):
-    """The "topology" gossip channel: peer records, merged by `Topology.merge`."""
+    """The "topology" gossip channel: peer records, merged by `Topology.merge`.
+
+    Coalescing sends, for the union of peer names in the queued deltas, the records we
+    hold *now* (never older than the deltas).  Deltas are our own encodings, so we
+    remember which names each one carries instead of decoding it again per neighbour.
+    """
+
+    _MEMO_LIMIT = 1024
 
     def __init__(self, mesh: Mesh) -> None:
         self._mesh = mesh
+        self._names: dict[bytes, tuple[int, ...]] = {}
+        self._coalesced: dict[tuple[bytes, ...], list[bytes]] = {}
+        self._coalesced_generation = -1
+
+    def encode_delta(self, records: Sequence[PeerRecord]) -> bytes:
+        payload = encode_records(records)
+        if len(self._names) >= self._MEMO_LIMIT:
+            self._names.clear()
+        self._names[payload] = tuple(r.name for r in records)
+        return payload
 
     def on_gossip(self, sender: int, payload: bytes) -> bytes | None:
         result = self._mesh.merge_records(decode_records(payload))
-        return encode_records(result.delta) if result.delta else None
+        return self.encode_delta(result.delta) if result.delta else None
 
     def full_state(self) -> bytes:
         return self._mesh.topology.encode_full()
 
     def coalesce(self, payloads: Sequence[bytes]) -> list[bytes]:
-        newest: dict[int, PeerRecord] = {}
+        if len(payloads) == 1:
+            return list(payloads)
+        topology = self._mesh.topology
+        if self._coalesced_generation != topology.generation:
+            self._coalesced.clear()  # results are only valid for one topology state
+            self._coalesced_generation = topology.generation
+        key = tuple(payloads)
+        cached = self._coalesced.get(key)
+        if cached is not None:
+            return cached
+        names: set[int] = set()
         for payload in payloads:
-            for record in decode_records(payload):
-                old = newest.get(record.name)
-                if old is None or (record.version, record.uid) > (old.version, old.uid):
-                    newest[record.name] = record
-        return [encode_records(newest[name] for name in sorted(newest))]
+            known = self._names.get(payload)
+            names.update(known if known is not None else (r.name for r in decode_records(payload)))
+        records = [r for r in map(topology.get, sorted(names)) if r is not None]
+        result = [encode_records(records)] if records else []
+        if len(self._coalesced) >= self._MEMO_LIMIT:
+            self._coalesced.clear()
+        self._coalesced[key] = result
+        return result
 
 
 class Mesh:
@@ -142,7 +172,8 @@ class Mesh:
         self.uid = uid
         self.topology = Topology(name, nickname, uid)
         self.gossiper = gossiper if gossiper is not None else Gossiper(rng)
-        self.gossiper.register(TOPOLOGY_CHANNEL, TopologyChannel(self))
+        self._channel = TopologyChannel(self)
+        self.gossiper.register(TOPOLOGY_CHANNEL, self._channel)
         self.connector = Connector(port, rng, discovery=discovery, conn_limit=conn_limit)
         self.routes = Routes.compute(self.topology, name)
         self.malformed_gossip = 0
@@ -358,7 +389,7 @@ class Mesh:
         result = self.topology.set_connections(records, pinned=self._connections.keys())
         if not result.delta:
             return []
-        payload = encode_records(result.delta)
+        payload = self._channel.encode_delta(result.delta)
         return list(self.gossiper.broadcast(TOPOLOGY_CHANNEL, payload, now, exclude=exclude))
 
     def _after_change(self, now: float) -> list[Effect]:

@@ -56,6 +56,9 @@ KIND_UNICAST = 1
 
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
+_NAME = struct.Struct(">6s")
+_CONN_HEAD = struct.Struct(">6sBB")  # peer, flags, addr_len
+_RECORD_HEAD = struct.Struct(">6sQQB")  # name, uid, version, nick_len
 
 
 class MalformedGossip(ValueError):
@@ -95,44 +98,41 @@ class WireMessage:
 
 
 class _Reader:
-    """A cursor over bytes whose every read is bounds-checked."""
+    """A cursor over bytes whose every read is bounds-checked first."""
 
     __slots__ = ("data", "offset")
 
     def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
+        self.data = bytes(data)
         self.offset = 0
 
-    def take(self, size: int) -> memoryview:
-        end = self.offset + size
-        if end > len(self.data):
-            raise MalformedGossip(f"truncated at byte {self.offset}: need {size} more")
-        view = self.data[self.offset : end]
-        self.offset = end
-        return view
+    def need(self, size: int) -> int:
+        """Check `size` more bytes exist; return the current offset and advance."""
+        start = self.offset
+        if start + size > len(self.data):
+            raise MalformedGossip(f"truncated at byte {start}: need {size} more")
+        self.offset = start + size
+        return start
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        return self.data[self.need(1)]
 
     def u16(self) -> int:
-        return int(_U16.unpack(self.take(COUNT_SIZE))[0])
+        return int(_U16.unpack_from(self.data, self.need(COUNT_SIZE))[0])
 
-    def u64(self) -> int:
-        return int(_U64.unpack(self.take(UID_SIZE))[0])
-
-    def name(self) -> int:
-        return int.from_bytes(self.take(PEER_NAME_SIZE), "big")
+    def unpack(self, layout: struct.Struct) -> tuple[object, ...]:
+        return layout.unpack_from(self.data, self.need(layout.size))
 
     def text(self, size: int, what: str) -> str:
+        start = self.need(size)
         try:
-            return bytes(self.take(size)).decode("utf-8")
+            return self.data[start : start + size].decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MalformedGossip(f"{what} is not UTF-8") from exc
 
     def rest(self) -> bytes:
-        view = self.data[self.offset :]
-        self.offset = len(self.data)
-        return bytes(view)
+        start = self.need(len(self.data) - self.offset)
+        return self.data[start:]
 
     def finish(self) -> None:
         if self.offset != len(self.data):
@@ -159,13 +159,16 @@ def push_connection(out: bytearray, conn: ConnectionRecord) -> None:
 
 
 def pull_connection(reader: _Reader) -> ConnectionRecord:
-    peer = reader.name()
-    flags = reader.u8()
+    raw_peer, flags, addr_len = reader.unpack(_CONN_HEAD)
+    assert isinstance(raw_peer, bytes) and isinstance(flags, int) and isinstance(addr_len, int)
     if flags & ~FLAGS_KNOWN:
         raise MalformedGossip(f"unknown connection flags {flags:#x}")
-    address = reader.text(reader.u8(), "address")
+    address = reader.text(addr_len, "address")
     return ConnectionRecord(
-        peer, address, bool(flags & FLAG_OUTBOUND), bool(flags & FLAG_ESTABLISHED)
+        int.from_bytes(raw_peer, "big"),
+        address,
+        bool(flags & FLAG_OUTBOUND),
+        bool(flags & FLAG_ESTABLISHED),
     )
 
 
@@ -182,15 +185,15 @@ def push_record(out: bytearray, record: PeerRecord) -> None:
 
 
 def pull_record(reader: _Reader) -> PeerRecord:
-    name = reader.name()
-    uid = reader.u64()
-    version = reader.u64()
-    nickname = reader.text(reader.u8(), "nickname")
+    raw_name, uid, version, nick_len = reader.unpack(_RECORD_HEAD)
+    assert isinstance(raw_name, bytes) and isinstance(uid, int) and isinstance(version, int)
+    assert isinstance(nick_len, int)
+    nickname = reader.text(nick_len, "nickname")
     count = reader.u16()
     if count > MAX_CONNECTIONS:
         raise MalformedGossip(f"{count} connections exceed the limit of {MAX_CONNECTIONS}")
-    conns = tuple(pull_connection(reader) for _ in range(count))
-    return PeerRecord(name, nickname, uid, version, conns)
+    conns = tuple([pull_connection(reader) for _ in range(count)])
+    return PeerRecord(int.from_bytes(raw_name, "big"), nickname, uid, version, conns)
 
 
 def push_records(records: list[PeerRecord]) -> bytes:
@@ -233,6 +236,7 @@ def pull_message(data: bytes) -> WireMessage:
     channel = reader.text(reader.u8(), "channel")
     source = dest = 0
     if kind == KIND_UNICAST:
-        source = reader.name()
-        dest = reader.name()
+        raw_source, raw_dest = reader.unpack(_NAME)[0], reader.unpack(_NAME)[0]
+        assert isinstance(raw_source, bytes) and isinstance(raw_dest, bytes)
+        source, dest = int.from_bytes(raw_source, "big"), int.from_bytes(raw_dest, "big")
     return WireMessage(kind, channel, source, dest, reader.rest())
