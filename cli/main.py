@@ -115,6 +115,13 @@ def _validate_launch(args: argparse.Namespace) -> None:
         raise CliError(f"invalid --port {args.port}")
     if not 576 <= args.mtu <= 65535:
         raise CliError(f"invalid MTU {args.mtu}: expected 576..65535")
+    import ipaddress
+
+    for cidr in filter(None, args.trusted_subnets.split(",")):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise CliError(f"invalid --trusted-subnets entry {cidr!r}: {exc}") from exc
     for peer in args.peers:
         try:
             normalise_target(peer, args.port)

@@ -67,6 +67,10 @@ def register_handlers(api: ApiServer, router: Router) -> None:
             return 404, {"error": f"container {rest} is not attached"}
         return 200, removed
 
+    async def rekey(rest: str, body: object) -> Result:
+        return 200, {"rekeyed": router.connections.force_rekey()}
+
+    api.route("POST", "/rekey", rekey)
     api.route("GET", "/status", status)
     api.route("GET", "/report", status)
     api.route("POST", "/connect", connect)

@@ -72,6 +72,7 @@ class RouterStatus(TypedDict):
     targets: list[str]
     connections: list[ConnectionStatus]
     peers: list[PeerStatus]
+    stats: NotRequired[dict[str, int]]  # data-plane counters, drops by reason
 
 
 class IpamOwner(TypedDict):

@@ -24,16 +24,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyweave.router.core.link import Link, PlainLink
+from pyweave.router.core.crypto.primitives import CryptoError
+from pyweave.router.core.link import Link, PlainLink, SealedLink
 from pyweave.router.core.names import describe_peer
 from pyweave.router.core.wire.control import (
+    HELLO_FLAG_TRUSTS_YOU,
     MSG_CLOSE,
     MSG_GOSSIP,
+    MSG_REKEY_ANSWER,
+    MSG_REKEY_REQUEST,
     Hello,
     MalformedControl,
     message_type,
     pull_close,
     pull_gossip,
+    push_opaque,
 )
 from pyweave.router.io.control import ConnectionRefused, ControlChannel, Security
 
@@ -83,6 +88,7 @@ class Identity:
     udp_port: int
     flags: int = 0
     security_factory: Callable[[bool], Security | None] = field(default=lambda outbound: None)
+    trusts: Callable[[str], bool] = field(default=lambda address: False)
 
 
 class ConnectionManager:
@@ -131,6 +137,40 @@ class ConnectionManager:
             self.drop(conn, f"peer silent: no heartbeat for {DEAD_AFTER:.0f}s")
             return
         self.send_heartbeat(conn.link, now)
+        if isinstance(conn.link, SealedLink):
+            self._maintain_keys(conn, conn.link, now)
+
+    def _maintain_keys(self, conn: Connection, link: SealedLink, now: float) -> None:
+        link.receiver.expire(now)
+        if link.sender.expired(now):
+            self.drop(conn, "data key expired before a rekey completed")
+        elif link.sender.rekey_due(now):
+            conn.channel.send(push_opaque(MSG_REKEY_REQUEST, link.sender.create_rekey_request(now)))
+
+    def force_rekey(self) -> int:
+        """Start a data-key rekey on every encrypted connection now; returns how many."""
+        now = asyncio.get_running_loop().time()
+        count = 0
+        for conn in list(self.connections.values()):
+            if isinstance(conn.link, SealedLink):
+                conn.link.sender.force_rekey()
+                self._maintain_keys(conn, conn.link, now)
+                count += 1
+        return count
+
+    def _on_rekey(self, conn: Connection, kind: int, payload: bytes) -> None:
+        link = conn.link
+        if not isinstance(link, SealedLink):
+            raise ConnectionRefused("rekey message on an unencrypted link")
+        now = asyncio.get_running_loop().time()
+        try:
+            if kind == MSG_REKEY_REQUEST:
+                answer = link.receiver.consume_rekey_request(payload, now)
+                conn.channel.send(push_opaque(MSG_REKEY_ANSWER, answer))
+            else:
+                link.sender.consume_rekey_answer(payload, now)
+        except CryptoError as exc:
+            raise ConnectionRefused(f"rekey failed: {exc.reason}") from exc
 
     def heard(self, link: Link, now: float) -> None:
         """The data plane got an authentic datagram on `link`."""
@@ -181,13 +221,16 @@ class ConnectionManager:
 
     async def _run(self, channel: ControlChannel, target: str | None) -> None:
         local_index = self.new_receiver_index()
+        flags = self.identity.flags
+        if self.identity.trusts(channel.remote[0]):
+            flags |= HELLO_FLAG_TRUSTS_YOU
         ours = Hello(
             self.identity.name,
             self.identity.uid,
             self.identity.udp_port,
             local_index,
             self.identity.nickname,
-            self.identity.flags,
+            flags,
         )
         try:
             hello = await channel.handshake(ours)
@@ -228,11 +271,8 @@ class ConnectionManager:
     def _register(
         self, channel: ControlChannel, target: str | None, hello: Hello, local_index: int
     ) -> Connection | None:
-        host = channel.remote[0]
-        link = PlainLink(
-            hello.name, (host, hello.udp_port), local_index, hello.receiver_index, MAX_DATAGRAM
-        )
         now = asyncio.get_running_loop().time()
+        link = self._make_link(channel, hello, local_index, now)
         conn = Connection(channel, channel.outbound, target, hello, link, now)
         existing = self.connections.get(hello.name)
         if existing is not None:
@@ -246,6 +286,21 @@ class ConnectionManager:
         self.add_link(link)
         self.send_heartbeat(link, now)
         return conn
+
+    def _make_link(
+        self, channel: ControlChannel, hello: Hello, local_index: int, now: float
+    ) -> Link:
+        """Sealed with the handshake's data keys, unless both ends trust each other."""
+        endpoint = (channel.remote[0], hello.udp_port)
+        trusted = self.identity.trusts(channel.remote[0]) and bool(
+            hello.flags & HELLO_FLAG_TRUSTS_YOU
+        )
+        if channel.security is None or trusted:
+            return PlainLink(hello.name, endpoint, local_index, hello.receiver_index, MAX_DATAGRAM)
+        sender, receiver = channel.security.data_pair(now)
+        return SealedLink(
+            hello.name, endpoint, local_index, hello.receiver_index, MAX_DATAGRAM, sender, receiver
+        )
 
     def _initiator_name(self, conn: Connection) -> int:
         return self.identity.name if conn.outbound else conn.hello.name
@@ -268,6 +323,8 @@ class ConnectionManager:
                 if kind == MSG_GOSSIP:
                     channel_name, payload = pull_gossip(message)
                     self.callbacks.gossip(conn, channel_name, payload)
+                elif kind in (MSG_REKEY_REQUEST, MSG_REKEY_ANSWER):
+                    self._on_rekey(conn, kind, message[1:])
                 elif kind == MSG_CLOSE:
                     reason = f"peer closed the connection: {pull_close(message)}"
                     break

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyweave.router.api_types import API_PORT, CONTROL_PORT
@@ -28,13 +30,17 @@ from pyweave.router.connections import (
     ConnectionManager,
     Identity,
 )
+from pyweave.router.core.crypto.data_keys import RekeyPolicy
+from pyweave.router.core.crypto.password import stretch_password
 from pyweave.router.core.forwarder import Forwarder
 from pyweave.router.core.mac_table import MacTable
 from pyweave.router.core.targets import Targets
 from pyweave.router.io import netlink
 from pyweave.router.io.api import ApiServer
+from pyweave.router.io.control import Security
 from pyweave.router.io.datapath import DataPlane, open_udp_socket
 from pyweave.router.io.tap import open_tap
+from pyweave.router.security import NoiseSecurity
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,21 @@ class RouterConfig:
     discovery: bool = True
     conn_limit: int = 100
     trusted_subnets: list[str] = field(default_factory=list)
+    rekey_policy: RekeyPolicy = field(default_factory=RekeyPolicy)
+
+
+class TrustedSubnets:
+    """`--trusted-subnets`: peers at these addresses may skip data-plane encryption."""
+
+    def __init__(self, cidrs: list[str]) -> None:
+        self.networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+    def contains(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
 
 
 class DirectRoutes:
@@ -86,7 +107,14 @@ class Router:
         self.macs = MacTable()
         self.targets = Targets(self.rng, default_port=config.port)
         self.attachments = AttachmentStore(os.path.join(config.state_dir, "attachments.json"))
-        identity = Identity(config.name, config.nickname, self.uid, config.port)
+        identity = Identity(
+            config.name,
+            config.nickname,
+            self.uid,
+            config.port,
+            security_factory=self._security_factory(),
+            trusts=TrustedSubnets(config.trusted_subnets).contains,
+        )
         callbacks = ConnectionCallbacks(
             established=self._on_established,
             lost=self._on_lost,
@@ -111,6 +139,13 @@ class Router:
         self._tap_fd = -1
         self._control_server: asyncio.Server | None = None
         self.dataplane: DataPlane
+
+    def _security_factory(self) -> Callable[[bool], Security | None]:
+        if self.config.password is None:
+            return lambda outbound: None
+        psk = stretch_password(self.config.password)  # ~0.1 s, once
+        policy = self.config.rekey_policy
+        return lambda outbound: NoiseSecurity(psk, outbound, policy)
 
     def _new_receiver_index(self) -> int:
         while True:

@@ -101,6 +101,20 @@ def _peer_statuses(router: Router) -> list[PeerStatus]:
     return [me, *peers]
 
 
+def _stats(router: Router) -> dict[str, int]:
+    stats = {k: v for k, v in vars(router.dataplane.counters).items() if isinstance(v, int)}
+    for key in ("drops_auth", "drops_replay", "drops_malformed"):
+        stats[f"link_{key}"] = 0
+    for conn in router.connections.connections.values():
+        link = conn.link
+        stats["link_drops_auth"] += link.drops_auth
+        stats["link_drops_replay"] += link.drops_replay
+        stats["link_drops_malformed"] += link.drops_malformed
+    stats["dropped_no_route"] = router.forwarder.dropped_no_route
+    stats["mac_entries"] = len(router.macs)
+    return stats
+
+
 def build_status(router: Router) -> Status:
     import asyncio
 
@@ -120,4 +134,5 @@ def build_status(router: Router) -> Status:
         "connections": _connection_statuses(router, now),
         "peers": _peer_statuses(router),
     }
+    router_status["stats"] = _stats(router)
     return {"version": VERSION, "router": router_status, "attachments": router.attachments.list()}

@@ -23,9 +23,13 @@ Discovered targets that become invalid are forgotten, backoff and all.
 
 Each target is ``waiting`` (due at `try_after`; None = never), ``connecting`` (dial in
 flight: `due` returned it) or ``connected``.  Outcomes come back through
-`connection_failed` and `connection_succeeded`.  Backoff after a failure: the delay is the
-current interval times a uniform factor in [1 - jitter, 1 + jitter]; the interval starts
-at 1 s and doubles per failure up to a cap of 3 minutes.  A connection that stayed up for
+`connection_failed` and `connection_succeeded`.  Status shows a target as ``connecting``
+(in flight or due), ``failed`` (the last dial or handshake failed) or ``retrying`` (an
+established connection ended; waiting for the next attempt).
+
+Backoff after a failure: the delay is the current interval times a uniform factor in
+[1 - jitter, 1 + jitter]; the interval starts at 1 s and doubles per failure up to a cap
+of 3 minutes.  A connection that stayed up for
 `reset_after` seconds before it failed retries at once with the interval reset.  A refusal
 marked ``retry=False`` ("cannot connect to ourself") is never retried, until the address is
 added again by hand.
@@ -39,12 +43,14 @@ No clocks here: every time is the caller's `now`; the randomness is an injected 
 from __future__ import annotations
 
 import ipaddress
-import random
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pyweave.router.core.topology import PeerRecord
+
+if TYPE_CHECKING:
+    from random import Random
 
 INITIAL_INTERVAL = 1.0
 MAX_INTERVAL = 180.0
@@ -120,6 +126,7 @@ class Target:
     attempts: int = 0
     peer: int | None = None
     connected_at: float | None = None
+    was_connected: bool = False  # the last failure ended an established connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +144,7 @@ class Connector:
     def __init__(
         self,
         port: int,
-        rng: random.Random,
+        rng: Random,
         discovery: bool = True,
         conn_limit: int = DEFAULT_CONN_LIMIT,
         initial_interval: float = INITIAL_INTERVAL,
@@ -230,6 +237,7 @@ class Connector:
         if target is None:
             return
         lasted = now - target.connected_at if target.connected_at is not None else 0.0
+        target.was_connected = target.connected_at is not None
         target.state = "waiting"
         target.last_error = reason
         target.connected_at = None
@@ -293,7 +301,7 @@ class Connector:
             state: StatusState
             if target.state == "connecting" or (due and target.last_error is None):
                 state = "connecting"
-            elif target.last_error is not None:
+            elif target.last_error is not None and not target.was_connected:
                 state = "failed"
             else:
                 state = "retrying"

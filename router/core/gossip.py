@@ -20,11 +20,13 @@ Coalescing: deltas are queued per neighbour and channel and flushed at most ever
 in the same call; otherwise at the deadline reported by `next_deadline`.  A channel's
 `coalesce` may fold a neighbour's queued deltas into fewer payloads.
 
-Repair: the full state of every channel goes to a neighbour when it connects, and to all
-neighbours every `full_state_interval` seconds (first time jittered by the injected rng,
-so peers started together do not gossip in lock-step).  Full state supersedes queued
-deltas for that neighbour and channel.  Lost or reordered gossip is therefore healed
-within one full-state period.
+Repair: the full state of every channel goes to a neighbour when it connects, and every
+`full_state_interval` seconds to about log2(n) + 1 random neighbours (all of them when we
+have at most three; as weave mesh does, an epidemic instead of n full states per node
+per period).  The first period is jittered by the injected rng so peers started together
+do not gossip in lock-step.  Full state supersedes queued deltas for that neighbour and
+channel.  Since every peer repairs some neighbours every period and merging spreads what
+they learn, lost gossip is healed within a few periods.
 
 Effects are values: `SendGossip(to_peer, channel, payload)`.  Unicasts to a non-neighbour
 (`SendUnicast`) are routed hop by hop by the mesh facade.
@@ -32,10 +34,12 @@ Effects are values: `SendGossip(to_peer, channel, payload)`.  Unicasts to a non-
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from random import Random
 
 FLUSH_INTERVAL = 0.1  # seconds between coalesced flushes of deltas
 FULL_STATE_INTERVAL = 30.0  # seconds between full-state gossip to every neighbour
@@ -88,7 +92,7 @@ class Gossiper:
 
     def __init__(
         self,
-        rng: random.Random,
+        rng: Random,
         flush_interval: float = FLUSH_INTERVAL,
         full_state_interval: float = FULL_STATE_INTERVAL,
     ) -> None:
@@ -163,7 +167,7 @@ class Gossiper:
         effects: list[SendGossip] = []
         if self._next_full is not None and now >= self._next_full and self._neighbours:
             self._next_full = now + self._full_state_interval
-            for peer in sorted(self._neighbours):
+            for peer in self._repair_targets():
                 self._pending.pop(peer, None)
                 effects += self._full_state_to(peer)
         if self._pending and now >= self._last_flush + self._flush_interval:
@@ -171,6 +175,14 @@ class Gossiper:
         return effects
 
     # -- internals -----------------------------------------------------------------
+
+    def _repair_targets(self) -> list[int]:
+        """A random ~log2(n) + 1 of our neighbours (all of them when there are few)."""
+        peers = sorted(self._neighbours)
+        count = max(1, len(peers)).bit_length() + 1
+        if len(peers) <= count:
+            return peers
+        return sorted(self._rng.sample(peers, count))
 
     def _full_state_to(self, peer: int) -> list[SendGossip]:
         return [

@@ -39,9 +39,9 @@ remembered with its remote address, so events for a connection we refused or rep
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyweave.router.api_types import ConnectionStatus, PeerConnection, PeerStatus
 from pyweave.router.core.connector import Connector, discover_addresses
@@ -57,6 +57,9 @@ from pyweave.router.core.topology import (
     decode_records,
     encode_records,
 )
+
+if TYPE_CHECKING:
+    from random import Random
 
 TOPOLOGY_CHANNEL = "topology"
 
@@ -163,7 +166,7 @@ class Mesh:
         nickname: str,
         uid: int,
         port: int,
-        rng: random.Random,
+        rng: Random,
         discovery: bool = True,
         conn_limit: int = 100,
         gossiper: Gossiper | None = None,

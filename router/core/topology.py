@@ -98,6 +98,7 @@ class Topology:
         self._name = name
         self._records: dict[int, PeerRecord] = {name: PeerRecord(name, nickname, uid, 1, ())}
         self.generation = 0
+        self._encoded: tuple[int, bytes] | None = None
 
     # -- queries -------------------------------------------------------------------
 
@@ -126,7 +127,10 @@ class Topology:
         return [self._records[name] for name in sorted(self._records)]
 
     def encode_full(self) -> bytes:
-        return encode_records(self.records())
+        """All records encoded; cached until the next change."""
+        if self._encoded is None or self._encoded[0] != self.generation:
+            self._encoded = (self.generation, encode_records(self.records()))
+        return self._encoded[1]
 
     # -- our own record ------------------------------------------------------------
 

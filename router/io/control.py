@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from typing import Protocol
 
+from pyweave.router.core.crypto.data_keys import DataReceiver, DataSender
 from pyweave.router.core.wire.control import (
     CONTROL_VERSION,
     MODE_NOISE_PSK,
@@ -33,6 +34,10 @@ from pyweave.router.core.wire.control import (
 )
 
 HANDSHAKE_TIMEOUT = 10.0
+# Encrypted-mode handshake records start with one of these: a Noise message follows, or
+# the responder's reason for refusing (so the dialer can show why, e.g. a wrong password).
+HANDSHAKE_MESSAGE = b"\x01"
+HANDSHAKE_REJECTED = b"\x00"
 
 
 class ConnectionRefused(Exception):
@@ -57,6 +62,17 @@ class Security(Protocol):
     def seal(self, message: bytes) -> bytes: ...
 
     def open(self, record: bytes) -> bytes: ...
+
+    def data_pair(self, now: float) -> tuple[DataSender, DataReceiver]: ...
+
+
+def _handshake_body(record: bytes) -> bytes:
+    if record[:1] == HANDSHAKE_REJECTED:
+        reason = record[1:].decode("utf-8", errors="replace")
+        raise ConnectionRefused(f"peer refused the handshake: {reason}")
+    if record[:1] != HANDSHAKE_MESSAGE:
+        raise MalformedControl("malformed handshake record")
+    return record[1:]
 
 
 def _mode_mismatch(ours: int, theirs: int) -> str:
@@ -83,6 +99,7 @@ class ControlChannel:
         peer = writer.get_extra_info("peername")
         self.remote = (str(peer[0]), int(peer[1])) if peer else ("?", 0)
         self.closed = False
+        self.ready = False  # the handshake completed: messages may flow
 
     async def _read_record(self) -> bytes:
         prefix = await self.reader.readexactly(RECORD_LEN_SIZE)
@@ -94,13 +111,17 @@ class ControlChannel:
     async def handshake(self, hello: Hello) -> Hello:
         """Exchange preambles and HELLOs; return the peer's HELLO."""
         try:
-            return await asyncio.wait_for(self._handshake(hello), HANDSHAKE_TIMEOUT)
+            theirs = await asyncio.wait_for(self._handshake(hello), HANDSHAKE_TIMEOUT)
         except TimeoutError as exc:
             raise ConnectionRefused("handshake timed out") from exc
         except asyncio.IncompleteReadError as exc:
             raise ConnectionRefused("connection closed during handshake") from exc
         except MalformedControl as exc:
             raise ConnectionRefused(f"protocol error: {exc}") from exc
+        except OSError as exc:
+            raise ConnectionRefused(f"connection error: {exc.strerror or exc}") from exc
+        self.ready = True
+        return theirs
 
     async def _handshake(self, hello: Hello) -> Hello:
         self.writer.write(push_preamble(self.mode))
@@ -121,11 +142,15 @@ class ControlChannel:
         security = self.security
         assert security is not None
         if self.outbound:
-            self._write_record(security.create_initiation(ours))
-            theirs = security.consume_response(await self._read_record())
+            self._write_record(HANDSHAKE_MESSAGE + security.create_initiation(ours))
+            theirs = security.consume_response(_handshake_body(await self._read_record()))
         else:
-            theirs = security.consume_initiation(await self._read_record())
-            self._write_record(security.create_response(ours))
+            try:
+                theirs = security.consume_initiation(_handshake_body(await self._read_record()))
+            except ConnectionRefused as exc:  # tell the dialer why, then give up
+                self._write_record(HANDSHAKE_REJECTED + exc.reason.encode()[:512])
+                raise
+            self._write_record(HANDSHAKE_MESSAGE + security.create_response(ours))
         return pull_hello(theirs)
 
     async def recv(self) -> bytes:
@@ -144,8 +169,8 @@ class ControlChannel:
     def close(self, reason: str | None = None) -> None:
         if self.closed:
             return
-        if reason is not None:
-            with contextlib.suppress(OSError, RuntimeError):
+        if reason is not None and self.ready:  # before that the peer expects a handshake
+            with contextlib.suppress(Exception):
                 self.send(push_close(reason))
         self.closed = True
         self.writer.close()

@@ -129,7 +129,7 @@ class DataPlane:
             if link is None:
                 continue
             prefix = push_frames_prefix(ourselves, destination)
-            limit = link.max_datagram - FRAMES_PREFIX_SIZE
+            limit = link.max_body - FRAMES_PREFIX_SIZE
             chunk: list[bytes] = []
             size = 0
             for record in records:

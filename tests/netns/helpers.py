@@ -184,3 +184,50 @@ def spawn_in(netns: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def start_in(netns: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Like spawn_in, but stdout/stderr are pipes (for a server whose output the test reads)."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def reap(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Make sure a process the test started is gone: SIGTERM, then SIGKILL, by its PID only."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def link_info(net: Lab, name: str, ifname: str) -> dict[str, Any] | None:
+    """`ip -j addr show IFNAME` in namespace `name` ("h1", "h1c1"): the link, or None."""
+    result = net.exec(name, "ip", "-j", "addr", "show", "dev", ifname, check=False)
+    if result.returncode != 0:
+        return None
+    links: list[dict[str, Any]] = json.loads(result.stdout or "[]")
+    return links[0] if links else None
+
+
+def ipv4_cidrs(link: dict[str, Any]) -> list[str]:
+    """The IPv4 addresses of a link from link_info, as CIDRs, in kernel order."""
+    return [
+        f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a["family"] == "inet"
+    ]
+
+
+def tcp_listening(net: Lab, name: str, port: int) -> bool:
+    """True once something listens on TCP `port` inside namespace `name`."""
+    result = net.exec(name, "ss", "-H", "-l", "-t", "-n", f"sport = :{port}", check=False)
+    return result.returncode == 0 and bool(result.stdout.strip())

@@ -155,3 +155,13 @@ def test_portless_direct_target_skipped_while_inbound_from_its_ip() -> None:
     assert c.due(0.0) == []
     c.update([], set(), [], [])
     assert c.due(0.0) == ["10.0.0.2:6783"]
+
+
+def test_lost_connection_shows_retrying() -> None:
+    c = make()
+    c.add_targets(["h:1"])
+    c.due(0.0)
+    c.connection_succeeded("h:1", 0xB, 0.0)
+    c.connection_failed("h:1", "timeout", 5.0)
+    (s,) = c.status(5.0)
+    assert s.state == "retrying" and s.reason == "timeout" and s.retry_at is not None

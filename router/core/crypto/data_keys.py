@@ -85,7 +85,7 @@ from .primitives import (
     derive_key,
     transport_aead,
 )
-from .replay import ReplayWindow
+from .replay import COUNTER_LIMIT, ReplayWindow
 
 BytesLike = bytes | bytearray | memoryview
 
@@ -130,6 +130,12 @@ class RekeyPolicy:
     reject_after_time: float = 180.0
     reject_after_messages: int = 2**25
     previous_key_grace: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rekey_after_messages <= self.reject_after_messages <= COUNTER_LIMIT:
+            raise ValueError("need 0 < rekey_after_messages <= reject_after_messages <= 2**64-1")
+        if not 0 < self.rekey_after_time <= self.reject_after_time:
+            raise ValueError("need 0 < rekey_after_time <= reject_after_time")
 
 
 DEFAULT_POLICY: Final = RekeyPolicy()

@@ -106,13 +106,12 @@ def transport_nonce(counter: int) -> bytes:
     return _ZERO4 + counter.to_bytes(8, "big")
 
 
-# The AEAD used after the handshake (control stream and data plane). One name
-# so the choice lives in one place; AES-256-GCM takes a 32-byte key.
-TransportAead = AESGCM
-
-
 def transport_aead(key: bytes) -> AESGCM:
-    """A transport AEAD keyed with ``key`` (which must be ``KEY_LEN`` bytes)."""
+    """The AEAD used after the handshake (control stream and data plane).
+
+    One function so the choice lives in one place: AES-256-GCM, keyed with
+    ``key`` (which must be ``KEY_LEN`` bytes).
+    """
     if len(key) != KEY_LEN:
         raise ValueError(f"transport keys are {KEY_LEN} bytes, not {len(key)}")
     return AESGCM(key)

@@ -45,6 +45,7 @@ MSG_CLOSE = 5
 
 HELLO_FIXED = struct.Struct("!6sQHIBB")
 HELLO_FLAG_DISCOVERY = 0x01
+HELLO_FLAG_TRUSTS_YOU = 0x02  # the sender's trusted subnets contain the receiver's address
 MAX_NICKNAME = 255
 MAX_CHANNEL = 64
 

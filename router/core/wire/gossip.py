@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import cast
 
 from pyweave.router.core.names import PEER_NAME_SIZE
 
@@ -159,8 +160,7 @@ def push_connection(out: bytearray, conn: ConnectionRecord) -> None:
 
 
 def pull_connection(reader: _Reader) -> ConnectionRecord:
-    raw_peer, flags, addr_len = reader.unpack(_CONN_HEAD)
-    assert isinstance(raw_peer, bytes) and isinstance(flags, int) and isinstance(addr_len, int)
+    raw_peer, flags, addr_len = cast(tuple[bytes, int, int], reader.unpack(_CONN_HEAD))
     if flags & ~FLAGS_KNOWN:
         raise MalformedGossip(f"unknown connection flags {flags:#x}")
     address = reader.text(addr_len, "address")
@@ -185,15 +185,45 @@ def push_record(out: bytearray, record: PeerRecord) -> None:
 
 
 def pull_record(reader: _Reader) -> PeerRecord:
-    raw_name, uid, version, nick_len = reader.unpack(_RECORD_HEAD)
-    assert isinstance(raw_name, bytes) and isinstance(uid, int) and isinstance(version, int)
-    assert isinstance(nick_len, int)
+    head = cast(tuple[bytes, int, int, int], reader.unpack(_RECORD_HEAD))
+    raw_name, uid, version, nick_len = head
     nickname = reader.text(nick_len, "nickname")
     count = reader.u16()
     if count > MAX_CONNECTIONS:
         raise MalformedGossip(f"{count} connections exceed the limit of {MAX_CONNECTIONS}")
-    conns = tuple([pull_connection(reader) for _ in range(count)])
+    conns = _pull_connections(reader, count)
     return PeerRecord(int.from_bytes(raw_name, "big"), nickname, uid, version, conns)
+
+
+def _pull_connections(reader: _Reader, count: int) -> tuple[ConnectionRecord, ...]:
+    """`count` times `pull_connection`, unrolled: full states are mostly connections."""
+    data, offset, end = reader.data, reader.offset, len(reader.data)
+    unpack_from, head_size = _CONN_HEAD.unpack_from, _CONN_HEAD.size
+    conns = []
+    try:
+        for _ in range(count):
+            if offset + head_size > end:
+                raise MalformedGossip(f"truncated connection at byte {offset}")
+            raw_peer, flags, addr_len = unpack_from(data, offset)
+            offset += head_size
+            if flags & ~FLAGS_KNOWN:
+                raise MalformedGossip(f"unknown connection flags {flags:#x}")
+            if offset + addr_len > end:
+                raise MalformedGossip(f"truncated address at byte {offset}")
+            address = data[offset : offset + addr_len].decode("utf-8")
+            offset += addr_len
+            conns.append(
+                ConnectionRecord(
+                    int.from_bytes(raw_peer, "big"),
+                    address,
+                    bool(flags & FLAG_OUTBOUND),
+                    bool(flags & FLAG_ESTABLISHED),
+                )
+            )
+    except UnicodeDecodeError as exc:
+        raise MalformedGossip("address is not UTF-8") from exc
+    reader.offset = offset
+    return tuple(conns)
 
 
 def push_records(records: list[PeerRecord]) -> bytes:
@@ -236,7 +266,7 @@ def pull_message(data: bytes) -> WireMessage:
     channel = reader.text(reader.u8(), "channel")
     source = dest = 0
     if kind == KIND_UNICAST:
-        raw_source, raw_dest = reader.unpack(_NAME)[0], reader.unpack(_NAME)[0]
-        assert isinstance(raw_source, bytes) and isinstance(raw_dest, bytes)
+        raw_source = cast(bytes, reader.unpack(_NAME)[0])
+        raw_dest = cast(bytes, reader.unpack(_NAME)[0])
         source, dest = int.from_bytes(raw_source, "big"), int.from_bytes(raw_dest, "big")
     return WireMessage(kind, channel, source, dest, reader.rest())

@@ -1,0 +1,90 @@
+"""`weave attach` / `weave detach` / `weave ps` against real namespaces and a real router.
+
+Every claim `weave ps` makes is checked against the kernel: the `weave:expose` MAC is the
+bridge's, a container's MAC and CIDRs are those of its `ethwe`.  A second address is added
+to the existing `ethwe` (and is reachable across the mesh), `detach CIDR` removes only that
+address, `detach` without addresses removes `ethwe`, and `ps` then forgets the container.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from helpers import Lab, ipv4_cidrs, link_info
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+LabFactory = Callable[..., Lab]
+
+SECOND = "10.128.1.77/10"
+
+
+def ps_lines(net: Lab, host: str) -> dict[str, list[str]]:
+    """`weave ps` as {id: [mac, cidr...]}, failing on a repeated id."""
+    lines: dict[str, list[str]] = {}
+    for line in net.weave(host, "ps").stdout.splitlines():
+        ident, *rest = line.split()
+        assert ident not in lines, f"`weave ps` lists {ident} twice"
+        lines[ident] = rest
+    return lines
+
+
+def kernel_view(net: Lab, name: str) -> list[str] | None:
+    """[mac, cidr...] of the container's ethwe as the kernel has it, None without ethwe."""
+    link = link_info(net, name, "ethwe")
+    return None if link is None else [link["address"], *ipv4_cidrs(link)]
+
+
+def test_attach_second_address_detach_and_ps(lab: LabFactory) -> None:
+    net = lab(hosts=2, containers=1)
+    box = net.netns("h1c1")
+    spec = f"netns:{box}"
+    bridge = link_info(net, "h1", "weave")
+    assert bridge is not None, "no weave bridge on h1"
+
+    ps = ps_lines(net, "h1")
+    assert ps["weave:expose"][:1] == [bridge["address"]], ps
+    view = kernel_view(net, "h1c1")
+    assert view is not None and view[1:] == [f"{net.addr(1, 1)}/10"], view
+    assert ps[box] == view, f"`weave ps` says {ps[box]}, the kernel says {view}"
+    assert set(ps) == {"weave:expose", box}, ps
+
+    # a second address lands on the same ethwe, and the mesh delivers to it
+    out = net.weave("h1", "attach", SECOND, spec).stdout
+    assert out.split() == [SECOND.split("/")[0]], out
+    after = kernel_view(net, "h1c1")
+    assert after == [view[0], f"{net.addr(1, 1)}/10", SECOND], after
+    assert ps_lines(net, "h1")[box] == after
+    second_ip = SECOND.split("/")[0]
+    net.wait_until(lambda: net.ping("h2c1", second_ip), 30, f"h2c1 reaching {second_ip}")
+
+    # detach CIDR removes exactly that address
+    out = net.weave("h1", "detach", SECOND, spec).stdout
+    assert out.split() == [second_ip], out
+    assert kernel_view(net, "h1c1") == view
+    assert ps_lines(net, "h1")[box] == view
+    net.wait_until(lambda: net.ping("h2c1", net.addr(1, 1)), 30, "h2c1 still reaching h1c1")
+
+    # detach without addresses removes ethwe; ps no longer lists the container
+    out = net.weave("h1", "detach", spec).stdout
+    assert out.split() == [net.addr(1, 1)], out
+    assert kernel_view(net, "h1c1") is None, "ethwe survived `weave detach`"
+    ps = ps_lines(net, "h1")
+    assert box not in ps, ps
+    assert "weave:expose" in ps, ps
+
+    again = net.weave("h1", "detach", spec, check=False)
+    assert again.returncode != 0 and again.stderr.startswith("weave: "), again
+
+
+def test_reattach_after_detach(lab: LabFactory) -> None:
+    net = lab(hosts=2, containers=1)
+    box, spec = net.netns("h1c1"), f"netns:{net.netns('h1c1')}"
+    net.weave("h1", "detach", spec)
+    assert kernel_view(net, "h1c1") is None
+    net.weave("h1", "attach", SECOND, spec)
+    view = kernel_view(net, "h1c1")
+    assert view is not None and view[1:] == [SECOND], view
+    assert ps_lines(net, "h1")[box] == view
+    second_ip = SECOND.split("/")[0]
+    net.wait_until(lambda: net.ping("h2c1", second_ip), 30, f"h2c1 reaching {second_ip}")
