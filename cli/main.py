@@ -103,8 +103,8 @@ def _router_args(args: argparse.Namespace) -> list[str]:
 
 
 def _validate_launch(args: argparse.Namespace) -> None:
+    from pyweave.router.core.connector import split_address
     from pyweave.router.core.names import BadPeerName, parse_peer_name
-    from pyweave.router.core.targets import BadTarget, normalise_target
 
     if args.name:
         try:
@@ -124,9 +124,9 @@ def _validate_launch(args: argparse.Namespace) -> None:
             raise CliError(f"invalid --trusted-subnets entry {cidr!r}: {exc}") from exc
     for peer in args.peers:
         try:
-            normalise_target(peer, args.port)
-        except BadTarget as exc:
-            raise CliError(str(exc)) from exc
+            split_address(peer)
+        except ValueError as exc:
+            raise CliError(f"invalid peer address {peer!r}: {exc}") from exc
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from pyweave.router.api_types import Attachment
-from pyweave.router.core.targets import BadTarget
 from pyweave.router.io.api import ApiServer
 from pyweave.router.status import build_status
 
@@ -19,6 +18,10 @@ if TYPE_CHECKING:
     from pyweave.router.router import Router
 
 Result = tuple[int, object]
+
+
+class BadTarget(ValueError):
+    """A malformed connect/forget request."""
 
 
 def _peer_list(body: object) -> list[str]:
@@ -38,18 +41,17 @@ def register_handlers(api: ApiServer, router: Router) -> None:
         try:
             peers = _peer_list(body)
             replace = bool(isinstance(body, dict) and body.get("replace"))
-            added = router.targets.add(peers, replace=replace)
-            router.wake_dialer()
-        except BadTarget as exc:
+            router.apply(router.mesh.add_targets(peers, router.loop_time(), replace=replace))
+        except ValueError as exc:
             return 400, {"error": str(exc)}
-        return 200, {"targets": added}
+        return 200, {"targets": router.mesh.targets()}
 
     async def forget(rest: str, body: object) -> Result:
         try:
-            removed = router.targets.forget(_peer_list(body))
-        except BadTarget as exc:
+            router.mesh.forget_targets(_peer_list(body))
+        except ValueError as exc:
             return 400, {"error": str(exc)}
-        return 200, {"forgotten": removed}
+        return 200, {"targets": router.mesh.targets()}
 
     async def list_attachments(rest: str, body: object) -> Result:
         return 200, {"attachments": router.attachments.list()}

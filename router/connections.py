@@ -8,12 +8,11 @@ UDP datagram from the peer arrives (so UDP reachability is proved, as in Weave N
 *established*.  Heartbeats go out every HEARTBEAT_INTERVAL over UDP; a connection that
 hears nothing for DEAD_AFTER seconds is dropped, and its target is redialed with backoff.
 
-At most one connection per peer: when two exist (both dialed at once), the one initiated
-by the peer with the lower name wins on both ends, so both ends keep the same one.
-Connecting to ourselves, or to a different router that uses our name, is refused and
-shown in `weave status connections` with the reason.
-
-Policy (what to dial and when) lives in the mesh core; this module carries it out.
+Policy lives in the mesh core (core/mesh.py): after each handshake the router asks it
+whether to keep the connection (it refuses ourselves, a second router with our name,
+duplicates and connections beyond the limit, each with a reason shown in `weave status
+connections`), and it decides what to dial and when.  This module carries that out and
+reports back: established (UDP works), lost (with the reason), dial failed.
 """
 
 from __future__ import annotations
@@ -68,16 +67,21 @@ class Connection:
         host, port = self.channel.remote
         return f"{host}:{port}"
 
+    @property
+    def mesh_address(self) -> str:
+        """How the mesh names this connection: the dialed target, or the remote ip:port."""
+        return self.target if self.outbound and self.target else self.remote_address
+
 
 @dataclass
 class ConnectionCallbacks:
-    """What the router wants to hear about; all synchronous, all cheap."""
+    """What the router (and through it the mesh) hears about; all synchronous."""
 
-    established: Callable[[Connection], None]
+    handshaken: Callable[[Connection], str | None]  # returns a refusal reason, or None
+    established: Callable[[Connection], None]  # the first UDP datagram arrived
     lost: Callable[[Connection, str], None]
     gossip: Callable[[Connection, str, bytes], None]
-    attempt_failed: Callable[[str, str], None]
-    attempt_succeeded: Callable[[str, int], None]
+    dial_failed: Callable[[str, str], None]
 
 
 @dataclass
@@ -110,7 +114,6 @@ class ConnectionManager:
         self.connections: dict[int, Connection] = {}
         self.dialing: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.last_close_reason: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -206,7 +209,7 @@ class ConnectionManager:
         except (OSError, TimeoutError) as exc:
             self.dialing.discard(target)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
-            self.callbacks.attempt_failed(target, f"connect to {target} failed: {reason}")
+            self.callbacks.dial_failed(target, f"connect to {target} failed: {reason}")
             return
         channel = ControlChannel(reader, writer, True, self.identity.security_factory(True))
         await self._run(channel, target)
@@ -234,58 +237,35 @@ class ConnectionManager:
         )
         try:
             hello = await channel.handshake(ours)
-            self._vet(hello)
         except ConnectionRefused as exc:
-            channel.close(exc.reason)
-            self._attempt_done(target, None, exc.reason)
+            self._handshake_failed(channel, target, exc.reason)
             return
         except Exception as exc:
-            channel.close()
-            self._attempt_done(target, None, f"handshake failed: {exc}")
+            self._handshake_failed(channel, target, f"handshake failed: {exc}")
             return
-        conn = self._register(channel, target, hello, local_index)
-        if conn is None:
-            return
-        self._attempt_done(target, hello.name, None)
-        await self._read_messages(conn)
-
-    def _vet(self, hello: Hello) -> None:
-        if hello.name == self.identity.name:
-            if hello.uid == self.identity.uid:
-                raise ConnectionRefused("cannot connect to ourself")
-            raise ConnectionRefused(
-                f"peer uses our name {describe_peer(hello.name, hello.nickname)}"
-            )
-
-    def _attempt_done(self, target: str | None, peer: int | None, reason: str | None) -> None:
-        if target is None:
-            if reason:
-                log.info("inbound connection refused: %s", reason)
-            return
-        self.dialing.discard(target)
-        if reason is None and peer is not None:
-            self.callbacks.attempt_succeeded(target, peer)
-        else:
-            self.callbacks.attempt_failed(target, reason or "unknown failure")
-
-    def _register(
-        self, channel: ControlChannel, target: str | None, hello: Hello, local_index: int
-    ) -> Connection | None:
         now = asyncio.get_running_loop().time()
         link = self._make_link(channel, hello, local_index, now)
         conn = Connection(channel, channel.outbound, target, hello, link, now)
-        existing = self.connections.get(hello.name)
-        if existing is not None:
-            keep_new = self._prefer(conn, existing)
-            if not keep_new:
-                channel.close("duplicate connection")
-                self._attempt_done(target, None, "duplicate connection: already connected")
-                return None
-            self.drop(existing, "superseded by a newer connection")
+        refusal = self.callbacks.handshaken(conn)
+        if refusal is not None:
+            conn.dropped = True
+            if target is not None:
+                self.dialing.discard(target)
+            channel.close(refusal)
+            log.info("connection %s refused: %s", conn.mesh_address, refusal)
+            return
         self.connections[hello.name] = conn
         self.add_link(link)
         self.send_heartbeat(link, now)
-        return conn
+        await self._read_messages(conn)
+
+    def _handshake_failed(self, channel: ControlChannel, target: str | None, reason: str) -> None:
+        channel.close(reason)
+        if target is None:
+            log.info("inbound connection from %s failed: %s", channel.remote[0], reason)
+        else:
+            self.dialing.discard(target)
+            self.callbacks.dial_failed(target, reason)
 
     def _make_link(
         self, channel: ControlChannel, hello: Hello, local_index: int, now: float
@@ -301,18 +281,6 @@ class ConnectionManager:
         return SealedLink(
             hello.name, endpoint, local_index, hello.receiver_index, MAX_DATAGRAM, sender, receiver
         )
-
-    def _initiator_name(self, conn: Connection) -> int:
-        return self.identity.name if conn.outbound else conn.hello.name
-
-    def _prefer(self, new: Connection, old: Connection) -> bool:
-        """Keep the connection dialed by the lower-named peer; a peer restart (new uid) wins."""
-        if new.hello.uid != old.hello.uid:
-            return True
-        new_init, old_init = self._initiator_name(new), self._initiator_name(old)
-        if new_init == old_init:
-            return True  # same side redialed: the old one is stale
-        return new_init < old_init
 
     async def _read_messages(self, conn: Connection) -> None:
         reason = "connection closed by peer"
@@ -340,7 +308,8 @@ class ConnectionManager:
             reason = "router stopping"
         self.drop(conn, reason)
 
-    def drop(self, conn: Connection, reason: str) -> None:
+    def drop(self, conn: Connection, reason: str, report: bool = True) -> None:
+        """Close `conn`; tell the mesh (unless the mesh itself asked for it)."""
         if conn.dropped:
             return
         conn.dropped = True
@@ -348,14 +317,21 @@ class ConnectionManager:
         self.remove_link(conn.link)
         if self.connections.get(conn.hello.name) is conn:
             del self.connections[conn.hello.name]
+        if conn.target is not None:
+            self.dialing.discard(conn.target)
         log.info(
             "connection to %s dropped: %s",
             describe_peer(conn.hello.name, conn.hello.nickname),
             reason,
         )
-        if conn.target is not None:
-            self.last_close_reason[conn.target] = reason
-        self.callbacks.lost(conn, reason)
+        if report:
+            self.callbacks.lost(conn, reason)
+
+    def drop_matching(self, name: int, uid: int, address: str, reason: str) -> None:
+        """The mesh's DropConnection: close that exact connection if we hold it."""
+        conn = self.connections.get(name)
+        if conn is not None and conn.hello.uid == uid and conn.mesh_address == address:
+            self.drop(conn, reason, report=False)
 
 
 def wall_clock_string(delay: float) -> str:

@@ -18,7 +18,6 @@ import ipaddress
 import logging
 import os
 import random
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,8 +32,10 @@ from pyweave.router.connections import (
 from pyweave.router.core.crypto.data_keys import RekeyPolicy
 from pyweave.router.core.crypto.password import stretch_password
 from pyweave.router.core.forwarder import Forwarder
+from pyweave.router.core.gossip import SendGossip
 from pyweave.router.core.mac_table import MacTable
-from pyweave.router.core.targets import Targets
+from pyweave.router.core.mesh import Dial, DropConnection, Effect, Mesh, RoutesChanged
+from pyweave.router.core.wire.control import push_gossip
 from pyweave.router.io import netlink
 from pyweave.router.io.api import ApiServer
 from pyweave.router.io.control import Security
@@ -48,6 +49,7 @@ BRIDGE = "weave"
 TAP_NAME = "vethwe-tap"
 DEFAULT_MTU = 1376
 MAC_EXPIRY_INTERVAL = 30.0
+MESH_IDLE = 1.0  # seconds between mesh timer checks when nothing is scheduled sooner
 
 
 @dataclass
@@ -82,30 +84,21 @@ class TrustedSubnets:
         return any(ip in net for net in self.networks)
 
 
-class DirectRoutes:
-    """Routes over direct links only: every established neighbour is one hop away."""
-
-    def __init__(self, ourselves: int, connections: dict[int, Connection]) -> None:
-        self.ourselves = ourselves
-        self.connections = connections
-
-    def next_hop(self, destination: int) -> int | None:
-        conn = self.connections.get(destination)
-        return destination if conn is not None and conn.state == "established" else None
-
-    def broadcast_next_hops(self, source: int) -> tuple[int, ...]:
-        if source != self.ourselves:
-            return ()
-        return tuple(n for n, c in self.connections.items() if c.state == "established")
-
-
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.uid = int.from_bytes(os.urandom(8), "big")
         self.rng = random.Random(os.urandom(16))
         self.macs = MacTable()
-        self.targets = Targets(self.rng, default_port=config.port)
+        self.mesh = Mesh(
+            config.name,
+            config.nickname,
+            self.uid,
+            config.port,
+            self.rng,
+            discovery=config.discovery,
+            conn_limit=config.conn_limit,
+        )
         self.attachments = AttachmentStore(os.path.join(config.state_dir, "attachments.json"))
         identity = Identity(
             config.name,
@@ -116,11 +109,11 @@ class Router:
             trusts=TrustedSubnets(config.trusted_subnets).contains,
         )
         callbacks = ConnectionCallbacks(
+            handshaken=self._on_handshaken,
             established=self._on_established,
             lost=self._on_lost,
             gossip=self._on_gossip,
-            attempt_failed=self._on_attempt_failed,
-            attempt_succeeded=self._on_attempt_succeeded,
+            dial_failed=self._on_dial_failed,
         )
         self.connections = ConnectionManager(
             identity,
@@ -130,11 +123,10 @@ class Router:
             remove_link=lambda link: self.dataplane.remove_link(link),
             send_heartbeat=lambda link, now: self.dataplane.send_heartbeat(link, now),
         )
-        self.routes = DirectRoutes(config.name, self.connections.connections)
-        self.forwarder = Forwarder(config.name, self.routes, self.macs)
+        self.forwarder = Forwarder(config.name, self.mesh, self.macs)
         self.api = ApiServer()
         self.stopping = asyncio.Event()
-        self._dial_wakeup = asyncio.Event()
+        self._mesh_wakeup = asyncio.Event()
         self._periodic: list[asyncio.Task[None]] = []
         self._tap_fd = -1
         self._control_server: asyncio.Server | None = None
@@ -168,15 +160,15 @@ class Router:
         self._control_server = await asyncio.start_server(
             self.connections.accept, "0.0.0.0", cfg.port, reuse_address=True
         )
-        self.targets.add(cfg.peers, replace=False)
         self._periodic = [
             asyncio.ensure_future(self.connections.heartbeat_loop()),
-            asyncio.ensure_future(self._dial_loop()),
+            asyncio.ensure_future(self._mesh_loop()),
             asyncio.ensure_future(self._expiry_loop()),
         ]
         from pyweave.router.api_handlers import register_handlers
 
         register_handlers(self.api, self)
+        self.apply(self.mesh.add_targets(cfg.peers, loop.time()))
         await self.api.start(cfg.api_host, cfg.api_port)
         log.info("router started: %s", self.describe())
 
@@ -200,22 +192,46 @@ class Router:
 
     # -- periodic work -------------------------------------------------------------
 
-    async def _dial_loop(self) -> None:
+    async def _mesh_loop(self) -> None:
+        """Run the mesh's timers: gossip flushes, periodic full state, due dials."""
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            connected = {c.target for c in self.connections.connections.values() if c.target}
-            for target in self.targets.due(now, connected):
-                if len(self.connections.connections) >= self.config.conn_limit:
-                    break
-                self.targets.connecting(target)
-                self.connections.dial(target)
-            self._dial_wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dial_wakeup.wait(), self.targets.sleep_for(now))
+            self.apply(self.mesh.tick(now))
+            deadline = self.mesh.next_deadline()
+            delay = MESH_IDLE if deadline is None else min(MESH_IDLE, max(0.0, deadline - now))
+            self._mesh_wakeup.clear()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._mesh_wakeup.wait(), delay)
 
-    def wake_dialer(self) -> None:
-        self._dial_wakeup.set()
+    def wake_mesh(self) -> None:
+        self._mesh_wakeup.set()
+
+    def apply(self, effects: list[Effect]) -> None:
+        """Carry out the mesh's effects."""
+        for effect in effects:
+            if isinstance(effect, SendGossip):
+                conn = self.connections.connections.get(effect.to_peer)
+                if conn is not None and not conn.dropped:
+                    conn.channel.send(push_gossip(effect.channel, effect.payload))
+            elif isinstance(effect, Dial):
+                if len(self.connections.connections) < self.config.conn_limit:
+                    self.connections.dial(effect.address)
+            elif isinstance(effect, DropConnection):
+                self.connections.drop_matching(
+                    effect.peer_name, effect.peer_uid, effect.address, effect.reason
+                )
+            elif isinstance(effect, RoutesChanged):
+                self._forget_unreachable_macs()
+        if effects:
+            self.wake_mesh()
+
+    def _forget_unreachable_macs(self) -> None:
+        reachable = set(self.mesh.routes.unicast)
+        for _mac, owner, _seen in self.macs.entries():
+            if owner >= 0 and owner not in reachable:
+                self.macs.forget_owner(owner)
 
     async def _expiry_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -225,29 +241,50 @@ class Router:
 
     # -- connection events ---------------------------------------------------------
 
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def loop_time(self) -> float:
+        return self._now()
+
+    def _on_handshaken(self, conn: Connection) -> str | None:
+        hello = conn.hello
+        effects = self.mesh.connection_established(
+            hello.name,
+            hello.nickname,
+            hello.uid,
+            conn.mesh_address,
+            conn.outbound,
+            self._now(),
+            established=False,
+        )
+        refusal = None
+        for effect in effects:
+            if (
+                isinstance(effect, DropConnection)
+                and effect.peer_name == hello.name
+                and effect.peer_uid == hello.uid
+                and effect.address == conn.mesh_address
+            ):
+                refusal = effect.reason
+        self.apply(
+            [e for e in effects if not (isinstance(e, DropConnection) and e.reason == refusal)]
+        )
+        return refusal
+
     def _on_established(self, conn: Connection) -> None:
-        pass
+        self.apply(self.mesh.connection_confirmed(conn.hello.name, conn.mesh_address, self._now()))
 
     def _on_lost(self, conn: Connection, reason: str) -> None:
         self.macs.forget_owner(conn.hello.name)
-        if conn.target is not None:
-            self.targets.failed(conn.target, reason, asyncio.get_running_loop().time())
-            self.wake_dialer()
+        self.apply(
+            self.mesh.connection_lost(
+                conn.hello.name, conn.mesh_address, reason, self._now(), conn.hello.uid
+            )
+        )
 
     def _on_gossip(self, conn: Connection, channel: str, payload: bytes) -> None:
-        log.debug("gossip on %s from %x ignored (%d bytes)", channel, conn.hello.name, len(payload))
+        self.apply(self.mesh.gossip_received(conn.hello.name, channel, payload, self._now()))
 
-    def _on_attempt_failed(self, target: str, reason: str) -> None:
-        permanent = reason == "cannot connect to ourself"
-        self.targets.failed(target, reason, asyncio.get_running_loop().time(), permanent)
-        self.wake_dialer()
-
-    def _on_attempt_succeeded(self, target: str, peer: int) -> None:
-        self.targets.succeeded(target)
-
-
-def resolve_host(address: str) -> str:
-    try:
-        return socket.gethostbyname(address)
-    except OSError:
-        return address
+    def _on_dial_failed(self, target: str, reason: str) -> None:
+        self.apply(self.mesh.dial_failed(target, reason, self._now()))

@@ -14,13 +14,11 @@ from pyweave.router.api_types import (
     PROTOCOL_MIN_VERSION,
     PROTOCOL_NAME,
     ConnectionStatus,
-    PeerConnection,
-    PeerStatus,
     RouterStatus,
     Status,
 )
 from pyweave.router.connections import wall_clock_string
-from pyweave.router.core.names import format_peer_name
+from pyweave.router.core.names import format_peer_name, parse_peer_name
 
 if TYPE_CHECKING:
     from pyweave.router.router import Router
@@ -28,77 +26,26 @@ if TYPE_CHECKING:
 VERSION = "0.1.0"
 
 
+def _wall_clock(monotonic_deadline: float) -> str:
+    import asyncio
+
+    return wall_clock_string(monotonic_deadline - asyncio.get_running_loop().time())
+
+
 def _connection_statuses(router: Router, now: float) -> list[ConnectionStatus]:
-    result: list[ConnectionStatus] = []
-    connected_targets = set()
-    for conn in router.connections.connections.values():
-        if conn.target:
-            connected_targets.add(conn.target)
-        address = conn.target if conn.outbound and conn.target else conn.remote_address
-        entry: ConnectionStatus = {
-            "address": address,
-            "outbound": conn.outbound,
-            "state": "established" if conn.state == "established" else "pending",
-            "info": "",
-            "peer": {"name": format_peer_name(conn.hello.name), "nickname": conn.hello.nickname},
-            "encrypted": conn.link.encrypted,
-            "mtu": router.config.mtu,
-            "overlay": "sleeve",
-        }
-        result.append(entry)
-    for target, st in router.targets.states.items():
-        if target in connected_targets or st.state == "connected":
+    """The mesh's view of our connections and targets, with data-path details added."""
+    result = router.mesh.connection_statuses(now, format_time=_wall_clock)
+    for entry in result:
+        peer = entry.get("peer")
+        if peer is None:
             continue
-        if st.state == "failed":
-            info = f"{st.reason}, retry: never"
-        elif st.state == "retrying" and st.reason:
-            info = f"{st.reason}, retry: {wall_clock_string(st.next_try - now)}"
-        else:
-            info = ""
-        state = "connecting" if st.state == "connecting" else st.state
-        if state == "retrying" and not st.reason:
-            state = "connecting"
-        result.append(
-            {
-                "address": target,
-                "outbound": True,
-                "state": state,  # type: ignore[typeddict-item]
-                "info": info,
-            }
-        )
+        conn = router.connections.connections.get(parse_peer_name(peer["name"]))
+        if conn is None:
+            continue
+        entry["encrypted"] = conn.link.encrypted
+        entry["mtu"] = router.config.mtu
+        entry["overlay"] = "sleeve"
     return result
-
-
-def _peer_statuses(router: Router) -> list[PeerStatus]:
-    ours: list[PeerConnection] = []
-    peers: list[PeerStatus] = []
-    for conn in router.connections.connections.values():
-        ours.append(
-            {
-                "name": format_peer_name(conn.hello.name),
-                "nickname": conn.hello.nickname,
-                "address": conn.remote_address,
-                "outbound": conn.outbound,
-                "established": conn.state == "established",
-            }
-        )
-        peers.append(
-            {
-                "name": format_peer_name(conn.hello.name),
-                "nickname": conn.hello.nickname,
-                "uid": str(conn.hello.uid),
-                "version": 0,
-                "connections": [],
-            }
-        )
-    me: PeerStatus = {
-        "name": format_peer_name(router.config.name),
-        "nickname": router.config.nickname,
-        "uid": str(router.uid),
-        "version": 0,
-        "connections": ours,
-    }
-    return [me, *peers]
 
 
 def _stats(router: Router) -> dict[str, int]:
@@ -130,9 +77,9 @@ def build_status(router: Router) -> Status:
         "encryption": cfg.password is not None,
         "peer_discovery": cfg.discovery,
         "trusted_subnets": list(cfg.trusted_subnets),
-        "targets": list(router.targets.states),
+        "targets": router.mesh.targets(),
         "connections": _connection_statuses(router, now),
-        "peers": _peer_statuses(router),
+        "peers": router.mesh.peer_statuses(),
     }
     router_status["stats"] = _stats(router)
     return {"version": VERSION, "router": router_status, "attachments": router.attachments.list()}

@@ -80,6 +80,8 @@ def split_address(address: str) -> tuple[str, int | None]:
         port_text = after if sep else None
     if not host:
         raise ValueError(f"invalid address {address!r}: no host")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ValueError(f"invalid address {address!r}")
     if port_text is None:
         return host, None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:

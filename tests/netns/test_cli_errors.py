@@ -50,7 +50,7 @@ def test_bad_input_with_router_running(lab: LabFactory) -> None:
     box = net.netns("h1c1")
     before = link_info(net, "h1c1", "ethwe")
     assert before is not None
-    status_before = net.weave("h1", "status", "targets").stdout
+    targets_before = net.weave("h1", "status", "targets").stdout
 
     check_all(
         net,
@@ -70,11 +70,8 @@ def test_bad_input_with_router_running(lab: LabFactory) -> None:
     after = link_info(net, "h1c1", "ethwe")
     assert after is not None
     assert (after["address"], ipv4_cidrs(after)) == (before["address"], ipv4_cidrs(before))
-    assert net.weave("h1", "status", "targets").stdout == status_before
-    assert "a b" not in net.weave("h1", "status", "targets").stdout
-    assert net.exec("h1", "ip", "netns", "list").returncode == 0  # host still usable
-    assert "established" not in net.weave("h1", "status", "connections").stdout or True
-    net.weave("h1", "status")  # the running router survived it all
+    targets = net.weave("h1", "status", "targets").stdout  # also: the router survived
+    assert targets == targets_before, "a rejected `weave connect` changed the targets"
 
 
 def test_bad_input_without_router(lab: LabFactory) -> None:

@@ -16,7 +16,7 @@ CORE_FORBIDDEN = {"asyncio", "socket", "os", "time", "subprocess", "threading", 
 CLI_ALLOWED_ROUTER = {
     "pyweave.router.api_types",
     "pyweave.router.core.names",
-    "pyweave.router.core.targets",
+    "pyweave.router.core.connector",
 }
 
 
