@@ -84,6 +84,14 @@ class TrustedSubnets:
         return any(ip in net for net in self.networks)
 
 
+def bridge_mac(peer_name: int) -> str:
+    """The bridge's MAC: derived from the peer name (so stable), locally administered."""
+    raw = bytearray(peer_name.to_bytes(6, "big"))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    raw[5] ^= 0x01  # differ from the peer name itself
+    return ":".join(f"{b:02x}" for b in raw)
+
+
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
@@ -151,7 +159,7 @@ class Router:
         loop = asyncio.get_running_loop()
         cfg = self.config
         # pyroute2's synchronous API runs its own event loop: keep it off ours.
-        await asyncio.to_thread(netlink.ensure_bridge, BRIDGE, cfg.mtu)
+        await asyncio.to_thread(netlink.ensure_bridge, BRIDGE, cfg.mtu, bridge_mac(cfg.name))
         self._tap_fd = open_tap(TAP_NAME)
         await asyncio.to_thread(netlink.enslave, TAP_NAME, BRIDGE, cfg.mtu)
         sock = open_udp_socket(cfg.port)

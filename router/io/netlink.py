@@ -17,8 +17,12 @@ def _index(ipr: IPRoute, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def ensure_bridge(name: str, mtu: int) -> str:
-    """Create bridge `name` if missing, set its MTU, bring it up; return its MAC."""
+def ensure_bridge(name: str, mtu: int, mac: str) -> str:
+    """Create bridge `name` if missing, give it `mac`, bring it up; return its MAC.
+
+    A bridge without an address of its own takes the lowest MAC of its ports, which
+    changes as containers come and go; a fixed one keeps `weave ps` and ARP caches stable.
+    """
     with IPRoute() as ipr:
         index = _index(ipr, name)
         if index is None:
@@ -26,6 +30,7 @@ def ensure_bridge(name: str, mtu: int) -> str:
             index = _index(ipr, name)
             if index is None:
                 raise OSError(f"bridge {name} vanished right after creation")
+        ipr.link("set", index=index, address=mac)
         ipr.link("set", index=index, state="up")
         link = ipr.get_links(index)[0]
         return str(link.get_attr("IFLA_ADDRESS"))

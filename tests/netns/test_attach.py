@@ -90,12 +90,6 @@ def test_reattach_after_detach(lab: LabFactory) -> None:
     net.wait_until(lambda: net.ping("h2c1", second_ip), 30, f"h2c1 reaching {second_ip}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: router/io/netlink.py ensure_bridge creates the bridge without a MAC of its "
-    "own, so the kernel gives it the lowest port MAC and it changes as ports come and go "
-    "(Weave Net sets a persistent MAC on the bridge when creating it)",
-)
 def test_expose_mac_is_stable_across_attach_and_detach(lab: LabFactory) -> None:
     net = lab(hosts=1, containers=1)
     spec = f"netns:{net.netns('h1c1')}"
