@@ -32,11 +32,13 @@ from pyweave.router.core.wire.control import (
     MSG_GOSSIP,
     MSG_REKEY_ANSWER,
     MSG_REKEY_REQUEST,
+    MSG_UNICAST,
     Hello,
     MalformedControl,
     message_type,
     pull_close,
     pull_gossip,
+    pull_unicast,
     push_opaque,
 )
 from pyweave.router.io.control import ConnectionRefused, ControlChannel, Security
@@ -81,6 +83,7 @@ class ConnectionCallbacks:
     established: Callable[[Connection], None]  # the first UDP datagram arrived
     lost: Callable[[Connection, str], None]
     gossip: Callable[[Connection, str, bytes], None]
+    unicast: Callable[[Connection, str, int, int, bytes], None]
     dial_failed: Callable[[str, str], None]
 
 
@@ -291,6 +294,8 @@ class ConnectionManager:
                 if kind == MSG_GOSSIP:
                     channel_name, payload = pull_gossip(message)
                     self.callbacks.gossip(conn, channel_name, payload)
+                elif kind == MSG_UNICAST:
+                    self.callbacks.unicast(conn, *pull_unicast(message))
                 elif kind in (MSG_REKEY_REQUEST, MSG_REKEY_ANSWER):
                     self._on_rekey(conn, kind, message[1:])
                 elif kind == MSG_CLOSE:
@@ -306,6 +311,9 @@ class ConnectionManager:
             reason = f"connection error: {exc.strerror or exc}"
         except asyncio.CancelledError:
             reason = "router stopping"
+        except Exception as exc:  # a bug must cost one connection, never the router
+            log.exception("control message handling failed")
+            reason = f"internal error: {exc}"
         self.drop(conn, reason)
 
     def drop(self, conn: Connection, reason: str, report: bool = True) -> None:

@@ -32,10 +32,10 @@ from pyweave.router.connections import (
 from pyweave.router.core.crypto.data_keys import RekeyPolicy
 from pyweave.router.core.crypto.password import stretch_password
 from pyweave.router.core.forwarder import Forwarder
-from pyweave.router.core.gossip import SendGossip
+from pyweave.router.core.gossip import SendGossip, SendUnicast
 from pyweave.router.core.mac_table import MacTable
 from pyweave.router.core.mesh import Dial, DropConnection, Effect, Mesh, RoutesChanged
-from pyweave.router.core.wire.control import push_gossip
+from pyweave.router.core.wire.control import push_gossip, push_unicast
 from pyweave.router.io import netlink
 from pyweave.router.io.api import ApiServer
 from pyweave.router.io.control import Security
@@ -121,6 +121,7 @@ class Router:
             established=self._on_established,
             lost=self._on_lost,
             gossip=self._on_gossip,
+            unicast=self._on_unicast,
             dial_failed=self._on_dial_failed,
         )
         self.connections = ConnectionManager(
@@ -223,6 +224,12 @@ class Router:
                 conn = self.connections.connections.get(effect.to_peer)
                 if conn is not None and not conn.dropped:
                     conn.channel.send(push_gossip(effect.channel, effect.payload))
+            elif isinstance(effect, SendUnicast):
+                conn = self.connections.connections.get(effect.to_peer)
+                if conn is not None and not conn.dropped:
+                    conn.channel.send(
+                        push_unicast(effect.channel, effect.source, effect.dest, effect.payload)
+                    )
             elif isinstance(effect, Dial):
                 if len(self.connections.connections) < self.config.conn_limit:
                     self.connections.dial(effect.address)
@@ -293,6 +300,13 @@ class Router:
 
     def _on_gossip(self, conn: Connection, channel: str, payload: bytes) -> None:
         self.apply(self.mesh.gossip_received(conn.hello.name, channel, payload, self._now()))
+
+    def _on_unicast(
+        self, conn: Connection, channel: str, source: int, dest: int, payload: bytes
+    ) -> None:
+        self.apply(
+            self.mesh.unicast_received(conn.hello.name, channel, source, dest, payload, self._now())
+        )
 
     def _on_dial_failed(self, target: str, reason: str) -> None:
         self.apply(self.mesh.dial_failed(target, reason, self._now()))

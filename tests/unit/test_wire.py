@@ -78,3 +78,16 @@ def test_fuzz_control_decoders_only_raise_malformed(raw: bytes) -> None:
     for decode in (control.pull_hello, control.pull_gossip):
         with contextlib.suppress(control.MalformedControl):
             decode(raw)
+
+
+def test_unicast_round_trip() -> None:
+    raw = control.push_unicast("ipam", 0x0A0000000001, 0x0A0000000002, b"req")
+    assert control.pull_unicast(raw) == ("ipam", 0x0A0000000001, 0x0A0000000002, b"req")
+
+
+@given(st.binary(max_size=100))
+def test_fuzz_unicast_only_raises_malformed(raw: bytes) -> None:
+    try:
+        control.pull_unicast(bytes([control.MSG_UNICAST]) + raw)
+    except control.MalformedControl:
+        pass

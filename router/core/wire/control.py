@@ -19,6 +19,8 @@ Messages are one type byte followed by the type's fields:
     GOSSIP  u8 channel-name length, channel name (ASCII), payload
     REKEY_REQUEST / REKEY_ANSWER   opaque bytes of the data-key rekey exchange
     CLOSE   reason (UTF-8): why the sender is dropping the connection
+    UNICAST u8 channel-name length, channel name, 6B source peer, 6B destination peer,
+            payload: a message for one peer's channel, relayed hop by hop
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MSG_GOSSIP = 2
 MSG_REKEY_REQUEST = 3
 MSG_REKEY_ANSWER = 4
 MSG_CLOSE = 5
+MSG_UNICAST = 6
 
 HELLO_FIXED = struct.Struct("!6sQHIBB")
 HELLO_FLAG_DISCOVERY = 0x01
@@ -138,6 +141,36 @@ def pull_gossip(message: bytes) -> tuple[str, bytes]:
     except UnicodeDecodeError as exc:
         raise MalformedControl("GOSSIP channel name is not ASCII") from exc
     return channel, message[2 + length :]
+
+
+def push_unicast(channel: str, source: int, dest: int, payload: bytes) -> bytes:
+    raw = channel.encode("ascii")
+    if not raw or len(raw) > MAX_CHANNEL:
+        raise MalformedControl(f"bad unicast channel name {channel!r}")
+    return (
+        bytes([MSG_UNICAST, len(raw)])
+        + raw
+        + source.to_bytes(6, "big")
+        + dest.to_bytes(6, "big")
+        + payload
+    )
+
+
+def pull_unicast(message: bytes) -> tuple[str, int, int, bytes]:
+    """Return (channel, source, dest, payload) of a UNICAST message."""
+    if len(message) < 2 or message[0] != MSG_UNICAST:
+        raise MalformedControl("expected a UNICAST message")
+    length = message[1]
+    end = 2 + length
+    if length == 0 or end + 12 > len(message):
+        raise MalformedControl("UNICAST header overruns the message")
+    try:
+        channel = message[2:end].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise MalformedControl("UNICAST channel name is not ASCII") from exc
+    source = int.from_bytes(message[end : end + 6], "big")
+    dest = int.from_bytes(message[end + 6 : end + 12], "big")
+    return channel, source, dest, message[end + 12 :]
 
 
 def push_opaque(kind: int, payload: bytes) -> bytes:
