@@ -29,6 +29,7 @@ from pyweave.router.core.names import describe_peer
 from pyweave.router.core.wire.control import (
     HELLO_FLAG_TRUSTS_YOU,
     MSG_CLOSE,
+    MSG_CONFIRM,
     MSG_GOSSIP,
     MSG_REKEY_ANSWER,
     MSG_REKEY_REQUEST,
@@ -294,6 +295,8 @@ class ConnectionManager:
                 if kind == MSG_GOSSIP:
                     channel_name, payload = pull_gossip(message)
                     self.callbacks.gossip(conn, channel_name, payload)
+                elif kind == MSG_CONFIRM:
+                    continue  # the responder's key confirmation, already implied
                 elif kind == MSG_UNICAST:
                     self.callbacks.unicast(conn, *pull_unicast(message))
                 elif kind in (MSG_REKEY_REQUEST, MSG_REKEY_ANSWER):

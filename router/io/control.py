@@ -28,6 +28,7 @@ from pyweave.router.core.wire.control import (
     pull_preamble,
     pull_record_length,
     push_close,
+    push_confirm,
     push_hello,
     push_preamble,
     push_record,
@@ -136,7 +137,20 @@ class ControlChannel:
         if self.security is None:
             self._write_record(ours)
             return pull_hello(await self._read_record())
-        return await self._secure_handshake(ours)
+        theirs = await self._secure_handshake(ours)
+        await self._confirm_keys()
+        return theirs
+
+    async def _confirm_keys(self) -> None:
+        """Key confirmation: NNpsk0's first message can be replayed by an eavesdropper, so
+        the responder accepts the peer only once a record sealed with the new control key
+        arrives; both ends send one right after the handshake."""
+        assert self.security is not None
+        self._write_record(self.security.seal(push_confirm()))
+        if not self.outbound:
+            record = await self._read_record()
+            if self.security.open(record) != push_confirm():
+                raise ConnectionRefused("key confirmation failed")
 
     async def _secure_handshake(self, ours: bytes) -> Hello:
         security = self.security

@@ -19,6 +19,7 @@ Messages are one type byte followed by the type's fields:
     GOSSIP  u8 channel-name length, channel name (ASCII), payload
     REKEY_REQUEST / REKEY_ANSWER   opaque bytes of the data-key rekey exchange
     CLOSE   reason (UTF-8): why the sender is dropping the connection
+    CONFIRM (no fields) first message after an encrypted handshake: key confirmation
     UNICAST u8 channel-name length, channel name, 6B source peer, 6B destination peer,
             payload: a message for one peer's channel, relayed hop by hop
 """
@@ -45,6 +46,7 @@ MSG_REKEY_REQUEST = 3
 MSG_REKEY_ANSWER = 4
 MSG_CLOSE = 5
 MSG_UNICAST = 6
+MSG_CONFIRM = 7
 
 HELLO_FIXED = struct.Struct("!6sQHIBB")
 HELLO_FLAG_DISCOVERY = 0x01
@@ -171,6 +173,10 @@ def pull_unicast(message: bytes) -> tuple[str, int, int, bytes]:
     source = int.from_bytes(message[end : end + 6], "big")
     dest = int.from_bytes(message[end + 6 : end + 12], "big")
     return channel, source, dest, message[end + 12 :]
+
+
+def push_confirm() -> bytes:
+    return bytes([MSG_CONFIRM])
 
 
 def push_opaque(kind: int, payload: bytes) -> bytes:

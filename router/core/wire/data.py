@@ -20,7 +20,13 @@ source address.  After the header comes the *body* (sealed or plain):
 
 Frame records are packed back to back, so several small frames share one datagram.  The
 virtio_net_hdr travels with each frame so that offloaded super-frames (partial checksums,
-GSO) are written back to the far TAP with the metadata that makes them valid.
+GSO) are written back to the far TAP with the metadata that makes them valid.  It is
+carried in little-endian order (the TAP's legacy order on every little-endian host).
+
+Heartbeats carry, besides the sender's timestamp, the *underlay loss* the sender measured
+on the datagrams it received from us over the last interval (parts per million, or
+LOSS_UNKNOWN); the data plane uses it to choose between super-frame datagrams and
+path-MTU-sized segments (see docs/protocol.md, "Loss-aware segmentation").
 """
 
 from __future__ import annotations
@@ -49,7 +55,17 @@ BROADCAST_PEER = 0
 MAX_UDP_PAYLOAD = 65507
 MAX_FRAME_LEN = 0xFFFF
 
-HEARTBEAT = struct.Struct("!Bd")  # kind, sender's timestamp (echoed in the ack)
+HEARTBEAT = struct.Struct("!BdI")  # kind, sender's timestamp (echoed in the ack), loss ppm
+HEARTBEAT_V1 = struct.Struct("!Bd")  # older routers: no loss report
+LOSS_UNKNOWN = 0xFFFFFFFF
+
+# virtio_net_hdr (struct virtio_net_hdr, legacy little-endian layout)
+VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_off
+VNET_F_NEEDS_CSUM = 1
+VNET_GSO_NONE = 0
+VNET_GSO_TCPV4 = 1
+VNET_GSO_TCPV6 = 4
+VNET_GSO_ECN = 0x80
 
 
 class MalformedDatagram(ValueError):
@@ -110,15 +126,22 @@ def pull_frame_records(body: memoryview, offset: int = FRAMES_PREFIX_SIZE) -> li
     return records
 
 
-def push_heartbeat(kind: int, timestamp: float) -> bytes:
-    return HEARTBEAT.pack(kind, timestamp)
+def push_heartbeat(kind: int, timestamp: float, loss_ppm: int = LOSS_UNKNOWN) -> bytes:
+    return HEARTBEAT.pack(kind, timestamp, loss_ppm)
 
 
-def pull_heartbeat(body: bytes | memoryview) -> tuple[int, float]:
-    if len(body) != HEARTBEAT.size or body[0] not in (BODY_HEARTBEAT, BODY_HEARTBEAT_ACK):
+def pull_heartbeat(body: bytes | memoryview) -> tuple[int, float, int]:
+    """Return (kind, timestamp, loss ppm); a v1 heartbeat reports LOSS_UNKNOWN."""
+    if len(body) not in (HEARTBEAT.size, HEARTBEAT_V1.size) or body[0] not in (
+        BODY_HEARTBEAT,
+        BODY_HEARTBEAT_ACK,
+    ):
         raise MalformedDatagram("malformed heartbeat")
-    kind, timestamp = HEARTBEAT.unpack_from(body)
-    return kind, timestamp
+    if len(body) == HEARTBEAT_V1.size:
+        kind, timestamp = HEARTBEAT_V1.unpack_from(body)
+        return kind, timestamp, LOSS_UNKNOWN
+    kind, timestamp, loss = HEARTBEAT.unpack_from(body)
+    return kind, timestamp, loss
 
 
 def max_overlay_mtu(underlay_mtu: int, ipv6_underlay: bool = False) -> int:
