@@ -1,0 +1,133 @@
+"""Segmenting TCP super-frames in userspace (software GSO).
+
+Theory of operation: with TAP offloads on, the kernel hands the router TCP "super-frames"
+of up to ~64 KB together with a virtio_net_hdr that says how to cut them (gso_type,
+gso_size = MSS) and where the partial checksum lives (csum_start, csum_offset).  Normally
+the router ships a super-frame whole and the far kernel cuts it.  When that is not
+possible — the link loses packets, so one lost IP fragment would cost the whole super-frame
+(see docs/protocol.md, "Loss-aware segmentation"), or the super-frame does not fit one UDP
+datagram — `segment_record` does the kernel's job here:
+
+  * every segment gets a copy of the Ethernet + IP + TCP headers;
+  * IPv4: total length and (incrementing) identification set, header checksum recomputed;
+    IPv6: payload length set;
+  * TCP: sequence number advanced by the MSS per segment, FIN/PSH only on the last, CWR
+    only on the first segment;
+  * the TCP checksum is left *partial*, as the kernel does for offloaded frames: the
+    checksum field holds the folded pseudo-header sum for the segment's length and the
+    segment's virtio_net_hdr says NEEDS_CSUM at (csum_start, csum_offset = 16).  The far
+    TAP turns that into CHECKSUM_PARTIAL, so its kernel (or nobody, for local delivery)
+    finishes the sum — the same contract as an unsegmented offloaded frame.
+
+Only TCPv4/TCPv6 GSO types exist on this path (the TAP is opened without UFO/USO); any
+other record is returned unchanged.  Input and output records are `virtio_net_hdr + frame`.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pyweave.router.core.wire.data import (
+    VNET_F_NEEDS_CSUM,
+    VNET_GSO_ECN,
+    VNET_GSO_NONE,
+    VNET_GSO_TCPV4,
+    VNET_GSO_TCPV6,
+    VNET_HDR,
+    VNET_HDR_SIZE,
+    MalformedDatagram,
+)
+
+ETH_P_IPV4 = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100
+TCP_CHECKSUM_OFFSET = 16
+TCP_FIN_PSH = 0x01 | 0x08
+TCP_CWR = 0x80
+IPPROTO_TCP = 6
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+def gso_type(record: bytes | memoryview) -> int:
+    """The record's GSO type without the ECN bit (VNET_GSO_NONE for ordinary frames)."""
+    return record[1] & ~VNET_GSO_ECN
+
+
+def _fold(total: int) -> int:
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _sum_words(data: bytes | bytearray | memoryview) -> int:
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def _l3_offset(frame: memoryview) -> tuple[int, int]:
+    """(offset of the IP header, ethertype) of an Ethernet frame, one VLAN tag allowed."""
+    (ethertype,) = _U16.unpack_from(frame, 12)
+    if ethertype == ETH_P_8021Q:
+        (ethertype,) = _U16.unpack_from(frame, 16)
+        return 18, ethertype
+    return 14, ethertype
+
+
+def segment_record(record: bytes | memoryview) -> list[bytes]:
+    """Cut a TCP GSO record (vnet hdr + frame) into MSS-sized records; see module doc."""
+    view = memoryview(record)
+    _flags, kind, _hdr_len, mss, _csum_start, _csum_off = VNET_HDR.unpack_from(view)
+    kind &= ~VNET_GSO_ECN
+    if kind not in (VNET_GSO_TCPV4, VNET_GSO_TCPV6):
+        return [bytes(view)]
+    frame = view[VNET_HDR_SIZE:]
+    l3, ethertype = _l3_offset(frame)
+    v4 = kind == VNET_GSO_TCPV4
+    if (ethertype != ETH_P_IPV4) if v4 else (ethertype != ETH_P_IPV6):
+        raise MalformedDatagram("GSO type does not match the frame's ethertype")
+    l4 = l3 + ((frame[l3] & 0x0F) * 4 if v4 else 40)
+    if len(frame) < l4 + 20 or mss == 0:
+        raise MalformedDatagram("GSO frame too short for its headers")
+    headers_end = l4 + (frame[l4 + 12] >> 4) * 4
+    if len(frame) <= headers_end + mss:  # nothing to cut
+        return [bytes(view)]
+    return _cut(frame, l3, l4, headers_end, mss, v4)
+
+
+def _cut(
+    frame: memoryview, l3: int, l4: int, headers_end: int, mss: int, v4: bool
+) -> list[bytes]:
+    """The segmentation loop proper (one pass over the payload, headers patched in place)."""
+    header = bytearray(frame[:headers_end])
+    tcp_header_len = headers_end - l4
+    if v4:
+        pseudo = _sum_words(header[l3 + 12 : l3 + 20]) + IPPROTO_TCP
+        (ip_id,) = _U16.unpack_from(header, l3 + 4)
+    else:
+        pseudo = _sum_words(header[l3 + 8 : l3 + 40]) + IPPROTO_TCP
+        ip_id = 0
+    (seq,) = _U32.unpack_from(header, l4 + 4)
+    tcp_flags = header[l4 + 13]
+    vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, l4, TCP_CHECKSUM_OFFSET)
+    total = len(frame)
+    records: list[bytes] = []
+    start = headers_end
+    index = 0
+    while start < total:
+        stop = min(start + mss, total)
+        segment_len = tcp_header_len + stop - start
+        if v4:
+            _U16.pack_into(header, l3 + 2, l4 - l3 + segment_len)
+            _U16.pack_into(header, l3 + 4, (ip_id + index) & 0xFFFF)
+            _U16.pack_into(header, l3 + 10, 0)
+            _U16.pack_into(header, l3 + 10, ~_fold(_sum_words(header[l3:l4])) & 0xFFFF)
+        else:
+            _U16.pack_into(header, l3 + 4, segment_len)
+        _U32.pack_into(header, l4 + 4, (seq + start - headers_end) & 0xFFFFFFFF)
+        flags = tcp_flags if stop == total else tcp_flags & ~TCP_FIN_PSH
+        header[l4 + 13] = flags if index == 0 else flags & ~TCP_CWR
+        _U16.pack_into(header, l4 + TCP_CHECKSUM_OFFSET, _fold(pseudo + segment_len))
+        records.append(vnet + header + frame[start:stop])
+        start = stop
+        index += 1
+    return records
