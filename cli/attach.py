@@ -2,7 +2,8 @@
 
 Theory of operation: attaching creates a veth pair in the host's namespace — the host end
 (`vethwl<hash>`) on the `weave` bridge, the other end moved into the container's
-namespace and renamed `ethwe` — sets the bridge's MTU on both ends, adds the address(es)
+namespace and renamed `ethwe` — sets the bridge's MTU on both ends (and gso_max_size
+60000, so a container's TCP super-frames fit one sealed UDP datagram), adds the address(es)
 and brings it up, then announces the address with a gratuitous ARP so routers learn the
 MAC at once.  A second attach adds addresses to the existing `ethwe`.  The router is told
 about the attachment (for `weave ps` and persistence).  Detaching removes the given
@@ -26,6 +27,7 @@ from pyweave.router.api_types import Attachment
 BRIDGE = "weave"
 CONTAINER_IFNAME = "ethwe"
 ETH_P_ARP = 0x0806
+GSO_MAX_SIZE = 60000  # a sealed TCP super-frame must fit one 65,507-byte UDP datagram
 
 
 def parse_cidrs(args: list[str]) -> list[ipaddress.IPv4Interface]:
@@ -96,6 +98,8 @@ def _create_veth(container: Container, bridge_index: int, mtu: int) -> None:
             guest_index = _index(ipr, guest_end)
             if host_index is None or guest_index is None:
                 raise CliError("veth pair vanished right after creation")
+            ipr.link("set", index=host_index, gso_max_size=GSO_MAX_SIZE)
+            ipr.link("set", index=guest_index, gso_max_size=GSO_MAX_SIZE)
             ipr.link("set", index=host_index, mtu=mtu, master=bridge_index, state="up")
             ipr.link("set", index=guest_index, mtu=mtu, net_ns_fd=netns_fd.fileno())
     finally:
@@ -143,14 +147,15 @@ def _gratuitous_arp(index: int, mac: str, ip: ipaddress.IPv4Address) -> None:
 
 
 def attach(container: Container, cidr_args: list[str]) -> list[str]:
-    cidrs = parse_cidrs(cidr_args)
-    if not cidrs:
-        raise CliError(
-            "no address given: IPAM is not available in this version; "
-            "give an address like 10.128.0.2/10"
-        )
+    from pyweave.cli.ipam_cmds import allocate, parse_address  # IPAM
+
+    for arg in cidr_args:
+        parse_address(arg)  # IPAM: reject malformed arguments before touching anything
     bridge_index, mtu, _ = bridge_state()
     api_client.call("GET", "/status")  # the router must be up to record the attachment
+    # IPAM: claim explicit addresses, allocate net:CIDR / net:default (also: no address)
+    got = allocate(container.id, cidr_args, spec=container.spec)
+    cidrs = [ipaddress.IPv4Interface(c) for c in got]
     if _container_link(container) is None:
         _create_veth(container, bridge_index, mtu)
     mac = _add_addresses(container, cidrs)
@@ -196,4 +201,7 @@ def detach(container: Container, cidr_args: list[str]) -> list[str]:
         # not recorded (attached by an older router): nothing to forget
         with contextlib.suppress(CliError):
             api_client.call("DELETE", f"/attachments/{container.id}")
+    from pyweave.cli.ipam_cmds import release  # IPAM: give the addresses back
+
+    release(container.id, remove if remaining else None)
     return [c.split("/")[0] for c in remove]

@@ -17,6 +17,12 @@ from typing import NoReturn, cast
 
 from pyweave.cli import api_client
 from pyweave.cli.errors import CliError
+from pyweave.cli.ipam_cmds import (  # IPAM
+    IPAM_COMMANDS,
+    add_ipam_parsers,
+    ipam_router_args,
+    validate_ipam_options,
+)
 from pyweave.cli.status_format import (
     format_connections,
     format_dns,
@@ -48,11 +54,36 @@ def _launch_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--nickname", default=socket.gethostname())
     p.add_argument("--port", type=int, default=6783)
     p.add_argument("--ipalloc-range", default="10.128.0.0/10")
+    p.add_argument("--ipalloc-default-subnet", default="")  # IPAM (cli/ipam_cmds.py)
+    p.add_argument("--ipalloc-init", default="")  # IPAM: consensus[=N] | seed=NAME,... | observer
     p.add_argument("--password", default=os.environ.get("WEAVE_PASSWORD"))
     p.add_argument("--no-discovery", action="store_true")
     p.add_argument("--conn-limit", type=int, default=100)
     p.add_argument("--trusted-subnets", default="")
     p.add_argument("--mtu", type=int, default=int(os.environ.get("WEAVE_MTU") or 1376))
+    # -- docker (cli/docker_launch.py) --
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--local",
+        action="store_const",
+        dest="where",
+        const="local",
+        help="run the router as a host process even if Docker is there",
+    )
+    where.add_argument(
+        "--container",
+        action="store_const",
+        dest="where",
+        const="container",
+        help="run the router as the Docker container 'weave'",
+    )
+    p.add_argument(
+        "--proxy-listen",
+        default=None,
+        help="Docker API proxy address (default tcp://127.0.0.1:12375)",
+    )
+    p.add_argument("--no-proxy", action="store_true", help="no Docker API proxy")
+    # -- end docker --
     p.add_argument("peers", nargs="*", metavar="PEER")
 
 
@@ -74,9 +105,13 @@ def build_parser() -> Parser:
     conn.add_argument("peers", nargs="*", metavar="PEER")
     forget = sub.add_parser("forget", help="stop connecting to peers")
     forget.add_argument("peers", nargs="+", metavar="PEER")
+    for name in ("proxy-env", "env"):  # docker (cli/proxy_env.py)
+        penv = sub.add_parser(name, help="DOCKER_HOST for the weave Docker API proxy")
+        penv.add_argument("--restore", action="store_true")
     from pyweave.cli.lab import add_lab_parser
 
     add_lab_parser(sub)  # type: ignore[arg-type]
+    add_ipam_parsers(sub)  # IPAM: rmpeer, prime, reset, expose, hide
     return parser
 
 
@@ -99,6 +134,7 @@ def _router_args(args: argparse.Namespace) -> list[str]:
         argv.append("--no-discovery")
     if args.trusted_subnets:
         argv += ["--trusted-subnets", args.trusted_subnets]
+    argv += ipam_router_args(args)  # IPAM
     return [*argv, "--", *args.peers]
 
 
@@ -122,6 +158,7 @@ def _validate_launch(args: argparse.Namespace) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
             raise CliError(f"invalid --trusted-subnets entry {cidr!r}: {exc}") from exc
+    validate_ipam_options(args)  # IPAM
     for peer in args.peers:
         try:
             split_address(peer)
@@ -130,10 +167,18 @@ def _validate_launch(args: argparse.Namespace) -> None:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from pyweave.cli.launch import launch
+    from pyweave.cli.docker_launch import launch
 
     _validate_launch(args)
-    print(launch(_router_args(args), args.password))
+    proxy = "" if args.no_proxy else args.proxy_listen
+    print(launch(_router_args(args), args.password, args.where or "auto", proxy))
+    return 0
+
+
+def cmd_proxy_env(args: argparse.Namespace) -> int:
+    from pyweave.cli.proxy_env import proxy_env
+
+    print(proxy_env(args.restore))
     return 0
 
 
@@ -180,7 +225,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from pyweave.cli.launch import stop
+    from pyweave.cli.docker_launch import stop
 
     stop()
     return 0
@@ -203,6 +248,9 @@ COMMANDS = {
     "connect": cmd_connect,
     "forget": cmd_forget,
     "lab": cmd_lab,
+    **IPAM_COMMANDS,  # IPAM
+    "proxy-env": cmd_proxy_env,
+    "env": cmd_proxy_env,
 }
 
 

@@ -18,6 +18,7 @@ reports back: established (UDP works), lost (with the reason), dial failed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -76,6 +77,39 @@ class Connection:
         return self.target if self.outbound and self.target else self.remote_address
 
 
+class InboundFailures:
+    """Recent failed inbound handshakes: shown in status, and a per-address rate limit.
+
+    The dialer sees why its attempt failed; the side that was dialed would otherwise show
+    nothing.  Entries are kept for SHOW_FOR seconds (at most KEEP of them); an address with
+    more than LIMIT failures within WINDOW seconds is refused without a handshake, which
+    bounds online password guessing.
+    """
+
+    SHOW_FOR = 60.0
+    KEEP = 32
+    WINDOW = 10.0
+    LIMIT = 20
+
+    def __init__(self) -> None:
+        self.recent: collections.deque[tuple[str, str, float]] = collections.deque(maxlen=self.KEEP)
+        self.by_host: dict[str, collections.deque[float]] = {}
+
+    def record(self, address: str, host: str, reason: str, now: float) -> None:
+        self.recent.append((address, reason, now))
+        times = self.by_host.setdefault(host, collections.deque(maxlen=self.LIMIT + 1))
+        times.append(now)
+        if len(self.by_host) > 1024:  # bounded memory under a spray of source addresses
+            self.by_host.pop(next(iter(self.by_host)))
+
+    def limited(self, host: str, now: float) -> bool:
+        times = self.by_host.get(host)
+        return times is not None and len(times) > self.LIMIT and now - times[0] < self.WINDOW
+
+    def shown(self, now: float) -> list[tuple[str, str]]:
+        return [(a, r) for a, r, t in self.recent if now - t < self.SHOW_FOR]
+
+
 @dataclass
 class ConnectionCallbacks:
     """What the router (and through it the mesh) hears about; all synchronous."""
@@ -118,6 +152,7 @@ class ConnectionManager:
         self.connections: dict[int, Connection] = {}
         self.dialing: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.inbound_failures = InboundFailures()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -222,6 +257,10 @@ class ConnectionManager:
 
     async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         channel = ControlChannel(reader, writer, False, self.identity.security_factory(False))
+        now = asyncio.get_running_loop().time()
+        if self.inbound_failures.limited(channel.remote[0], now):
+            channel.close()  # too many failed handshakes from there: no work, no answer
+            return
         await self._run(channel, None)
 
     # -- both ----------------------------------------------------------------------
@@ -267,6 +306,9 @@ class ConnectionManager:
         channel.close(reason)
         if target is None:
             log.info("inbound connection from %s failed: %s", channel.remote[0], reason)
+            now = asyncio.get_running_loop().time()
+            host, port = channel.remote
+            self.inbound_failures.record(f"{host}:{port}", host, reason, now)
         else:
             self.dialing.discard(target)
             self.callbacks.dial_failed(target, reason)

@@ -38,9 +38,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--api-port", type=int, default=API_PORT)
     p.add_argument("--mtu", type=int, default=DEFAULT_MTU)
     p.add_argument("--ipalloc-range", default="10.128.0.0/10")
+    p.add_argument("--ipalloc-default-subnet", default="")  # IPAM
+    p.add_argument("--ipalloc-init", default="")  # IPAM
     p.add_argument("--no-discovery", action="store_true")
     p.add_argument("--conn-limit", type=int, default=100)
     p.add_argument("--trusted-subnets", default="")
+    # -- docker (router/docker_containers.py) --
+    p.add_argument("--docker-api", default="", help="Docker engine URL; empty: no Docker")
+    p.add_argument("--docker-proxy", default="", help="proxy listen address; empty: none")
+    p.add_argument("--container-release-delay", type=float, default=30.0)
+    # -- end docker --
     p.add_argument("peers", nargs="*")
     return p.parse_args(argv)
 
@@ -101,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         peers=list(args.peers),
         mtu=args.mtu,
         ipalloc_range=args.ipalloc_range,
+        ipalloc_default_subnet=args.ipalloc_default_subnet,
+        ipalloc_init=args.ipalloc_init,
         password=password.encode() if password else None,
         discovery=not args.no_discovery,
         conn_limit=args.conn_limit,
         trusted_subnets=[s for s in args.trusted_subnets.split(",") if s],
+        docker_api=args.docker_api,
+        docker_proxy=args.docker_proxy,
+        container_release_delay=args.container_release_delay,
     )
     try:
         asyncio.run(serve(config))

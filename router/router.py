@@ -20,6 +20,7 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pyweave.router.api_types import API_PORT, CONTROL_PORT
 from pyweave.router.attachments import AttachmentStore
@@ -40,8 +41,11 @@ from pyweave.router.io import netlink
 from pyweave.router.io.api import ApiServer
 from pyweave.router.io.control import Security
 from pyweave.router.io.datapath import DataPlane, open_udp_socket
-from pyweave.router.io.tap import open_tap
+from pyweave.router.io.tap import clamp_gso_max_size, open_tap
 from pyweave.router.security import NoiseSecurity
+
+if TYPE_CHECKING:
+    from pyweave.router.ipam_service import IpamService  # IPAM
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +67,17 @@ class RouterConfig:
     peers: list[str] = field(default_factory=list)
     mtu: int = DEFAULT_MTU
     ipalloc_range: str = "10.128.0.0/10"
+    ipalloc_default_subnet: str = ""  # IPAM: "" = the whole range
+    ipalloc_init: str = ""  # IPAM: "" = consensus among the peers named at launch + 1
     password: bytes | None = None
     discovery: bool = True
     conn_limit: int = 100
     trusted_subnets: list[str] = field(default_factory=list)
     rekey_policy: RekeyPolicy = field(default_factory=RekeyPolicy)
+    # -- docker (router/docker_containers.py): engine URL, proxy address, release delay --
+    docker_api: str = ""
+    docker_proxy: str = ""
+    container_release_delay: float = 30.0
 
 
 class TrustedSubnets:
@@ -92,6 +102,19 @@ def bridge_mac(peer_name: int) -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
+def _ipam_service(router: Router) -> IpamService | None:
+    """IPAM (router/ipam_service.py), unless `--ipalloc-range ""` turned it off."""
+    from pyweave.router.ipam_service import IpamConfig, IpamService
+
+    cfg = router.config
+    if not cfg.ipalloc_range:
+        return None
+    ipam_config = IpamConfig.parse(
+        cfg.ipalloc_range, cfg.ipalloc_default_subnet, cfg.ipalloc_init, len(cfg.peers)
+    )
+    return IpamService(router, ipam_config)
+
+
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
@@ -108,6 +131,7 @@ class Router:
             conn_limit=config.conn_limit,
         )
         self.attachments = AttachmentStore(os.path.join(config.state_dir, "attachments.json"))
+        self.ipam = _ipam_service(self)  # IPAM: registers the "ipam" channel on the mesh
         identity = Identity(
             config.name,
             config.nickname,
@@ -161,7 +185,8 @@ class Router:
         cfg = self.config
         # pyroute2's synchronous API runs its own event loop: keep it off ours.
         await asyncio.to_thread(netlink.ensure_bridge, BRIDGE, cfg.mtu, bridge_mac(cfg.name))
-        self._tap_fd = open_tap(TAP_NAME)
+        self._tap_fd = open_tap(TAP_NAME, offload=True)
+        await asyncio.to_thread(clamp_gso_max_size, TAP_NAME)
         await asyncio.to_thread(netlink.enslave, TAP_NAME, BRIDGE, cfg.mtu)
         sock = open_udp_socket(cfg.port)
         self.dataplane = DataPlane(loop, self._tap_fd, sock, self.forwarder, self.connections.heard)
@@ -177,11 +202,43 @@ class Router:
         from pyweave.router.api_handlers import register_handlers
 
         register_handlers(self.api, self)
+        from pyweave.router.api_ipam import register_ipam_handlers  # IPAM
+
+        register_ipam_handlers(self.api, self)
+        if self.ipam is not None:
+            self.ipam.start()
         self.apply(self.mesh.add_targets(cfg.peers, loop.time()))
         await self.api.start(cfg.api_host, cfg.api_port)
+        await self._start_docker()  # after the API: attaching containers talks to it
         log.info("router started: %s", self.describe())
 
+    # -- docker (router/docker_containers.py) ---------------------------------------
+
+    async def _start_docker(self) -> None:
+        from pyweave.router.docker_containers import DockerConfig, DockerContainers
+
+        self.docker: DockerContainers | None = None
+        cfg = self.config
+        if not cfg.docker_api:
+            return
+        try:
+            docker = DockerContainers(
+                self, DockerConfig(cfg.docker_api, cfg.docker_proxy, cfg.container_release_delay)
+            )
+            await docker.start()
+        except Exception as exc:
+            log.error("docker integration disabled: engine %s: %s", cfg.docker_api, exc)
+            return
+        self.docker = docker
+
+    # -- end docker ------------------------------------------------------------------
+
     async def stop(self) -> None:
+        if self.ipam is not None:  # IPAM: persist, stop liveness checks
+            self.ipam.stop()
+        docker = getattr(self, "docker", None)  # docker: stop the proxy and the watcher first
+        if docker is not None:
+            await docker.stop()
         for task in self._periodic:
             task.cancel()
         self.connections.close_all("router stopping")

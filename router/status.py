@@ -45,6 +45,8 @@ def _connection_statuses(router: Router, now: float) -> list[ConnectionStatus]:
         entry["encrypted"] = conn.link.encrypted
         entry["mtu"] = router.config.mtu
         entry["overlay"] = "sleeve"
+    for address, reason in router.connections.inbound_failures.shown(now):
+        result.append({"address": address, "outbound": False, "state": "failed", "info": reason})
     return result
 
 
@@ -82,4 +84,11 @@ def build_status(router: Router) -> Status:
         "peers": router.mesh.peer_statuses(),
     }
     router_status["stats"] = _stats(router)
-    return {"version": VERSION, "router": router_status, "attachments": router.attachments.list()}
+    status: Status = {
+        "version": VERSION,
+        "router": router_status,
+        "attachments": router.attachments.list(),
+    }
+    if router.ipam is not None:  # IPAM: the `Service: ipam` block and `weave status ipam`
+        status["ipam"] = router.ipam.status(now)
+    return status

@@ -6,7 +6,8 @@ Targets come from two places:
 
 * *direct* targets: addresses given to ``weave launch PEER...`` or ``weave connect``.
   They stay until ``weave forget`` (or a replacing ``add_targets``).  An address without
-  a port gets our own control port.
+  a port gets our own control port; `targets()` lists them as the user wrote them, as
+  Weave Net's ``status targets`` does.
 * *discovered* targets (unless discovery is off): for every connection that some other
   peer reports to a peer we are not connected to, the address it used -- the remote's
   listening address when that peer dialed out, else the remote IP with our control port
@@ -24,8 +25,10 @@ Discovered targets that become invalid are forgotten, backoff and all.
 Each target is ``waiting`` (due at `try_after`; None = never), ``connecting`` (dial in
 flight: `due` returned it) or ``connected``.  Outcomes come back through
 `connection_failed` and `connection_succeeded`.  Status shows a target as ``connecting``
-(in flight or due), ``failed`` (the last dial or handshake failed) or ``retrying`` (an
-established connection ended; waiting for the next attempt).
+(in flight or due), ``failed`` (dials or handshakes failed and it never got connected) or
+``retrying`` (it was connected once and we are trying to get it back: this stays while the
+peer is down, with the latest reason, so a broken link is told apart from one that never
+worked).
 
 Backoff after a failure: the delay is the current interval times a uniform factor in
 [1 - jitter, 1 + jitter]; the interval starts at 1 s and doubles per failure up to a cap
@@ -128,7 +131,7 @@ class Target:
     attempts: int = 0
     peer: int | None = None
     connected_at: float | None = None
-    was_connected: bool = False  # the last failure ended an established connection
+    was_connected: bool = False  # it was connected once: failures show as retrying
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,7 @@ class Connector:
         self._jitter = jitter
         self._reset_after = reset_after
         self._direct: dict[str, bool] = {}  # address -> had an explicit port
+        self._given: dict[str, str] = {}  # address -> as the user wrote it
         self._discovered: set[str] = set()
         self._connected_peers: frozenset[int] = frozenset()
         self._connected_addrs: frozenset[str] = frozenset()
@@ -178,11 +182,14 @@ class Connector:
 
     def add_targets(self, addrs: Iterable[str], replace: bool = False) -> list[str]:
         """Add direct targets (ValueError, adding none, if any is invalid); dial them now."""
-        parsed = [self.normalise(a) for a in addrs]
+        given = list(addrs)
+        parsed = [self.normalise(a) for a in given]
         if replace:
             self._direct.clear()
-        for address, had_port in parsed:
+            self._given.clear()
+        for (address, had_port), text in zip(parsed, given, strict=True):
             self._direct[address] = had_port
+            self._given[address] = text.strip()
             target = self._targets.get(address)
             if target is not None and target.state == "waiting":
                 target.try_after = float("-inf")
@@ -197,11 +204,12 @@ class Connector:
             except ValueError:
                 continue
             self._direct.pop(address, None)
+            self._given.pop(address, None)
         self._refresh()
 
     def targets(self) -> list[str]:
-        """The direct targets, as ``weave status targets`` lists them."""
-        return sorted(self._direct)
+        """The direct targets as the user gave them (port or not), as Weave Net lists them."""
+        return sorted(self._given[address] for address in self._direct)
 
     def update(
         self,
@@ -239,7 +247,7 @@ class Connector:
         if target is None:
             return
         lasted = now - target.connected_at if target.connected_at is not None else 0.0
-        target.was_connected = target.connected_at is not None
+        target.was_connected = target.was_connected or target.connected_at is not None
         target.state = "waiting"
         target.last_error = reason
         target.connected_at = None

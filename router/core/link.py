@@ -9,12 +9,47 @@ carries bodies in the clear (no password, or a trusted subnet); `SealedLink` run
 body through the connection's data keys: one AEAD call per datagram, a replay window per
 key epoch, and rekeying driven from the control connection.  Failures are counted, never
 raised: the data plane drops what does not open.
+
+Two hot-path entry points avoid copies: `seal_into(buf, end)` seals a body that the data
+plane has already placed at `buf[HEADER_SIZE:end]` (a plain link just writes the header in
+front of it; a sealed link encrypts into its own output buffer) and returns the datagram
+as a memoryview.
+
+Loss awareness: the receiving side notes the (epoch, counter, size) of every authentic
+datagram (`note_received`); once per heartbeat `take_loss_report` turns the gaps in the
+counters into an estimate of the *underlay packet* loss rate (a datagram of k IP
+fragments is lost when any fragment is: P = 1 - (1 - p)^k, solved for p), which travels
+to the peer in the heartbeat.  The peer's report about what *we* sent lands in
+`peer_reported_loss`, which sets `segment`: while true, the data plane cuts super-frames
+into path-MTU-sized datagrams (entered above LOSS_ENTER_PPM, left below LOSS_LEAVE_PPM).
 """
 
 from __future__ import annotations
 
 from pyweave.router.core.crypto.data_keys import OVERHEAD, DataReceiver, DataSender
-from pyweave.router.core.wire.data import DATAGRAM_PLAIN, HEADER, HEADER_SIZE
+from pyweave.router.core.wire.data import (
+    DATAGRAM_PLAIN,
+    HEADER,
+    HEADER_SIZE,
+    LOSS_UNKNOWN,
+    MAX_UDP_PAYLOAD,
+)
+
+LOSS_MIN_SAMPLE = 50  # datagrams per interval below which no loss estimate is made
+LOSS_ENTER_PPM = 2000  # 0.2 % underlay packet loss: start segmenting super-frames
+LOSS_LEAVE_PPM = 500  # 0.05 %: back to super-frames
+UNDERLAY_FRAGMENT_PAYLOAD = 1480  # IPv4 fragment payload on a 1500-byte underlay
+NO_COUNTER = 1 << 64
+
+
+def estimate_loss_ppm(expected: int, received: int, mean_size: float) -> int:
+    """Underlay packet loss (ppm) from datagram loss and the mean datagram size."""
+    if expected <= 0 or received > expected:
+        return 0 if received else LOSS_UNKNOWN
+    datagram_loss = 1.0 - received / expected
+    fragments = max(1.0, (mean_size + 8) / UNDERLAY_FRAGMENT_PAYLOAD)
+    packet_loss = 1.0 - (1.0 - datagram_loss) ** (1.0 / fragments)
+    return min(int(packet_loss * 1_000_000), LOSS_UNKNOWN - 1)
 
 
 class Link:
@@ -45,12 +80,61 @@ class Link:
         self.drops_replay = 0
         self.datagrams_in = 0
         self.datagrams_out = 0
+        self.segment = False  # cut super-frames to path-MTU datagrams (peer sees loss)
+        self.peer_loss_ppm = LOSS_UNKNOWN
+        self._rx_epoch = -1
+        self._reset_loss_interval()
 
     def seal(self, body: bytes) -> bytes:
         raise NotImplementedError
 
-    def open(self, datagram: bytes) -> memoryview | None:
+    def seal_into(self, buf: bytearray, end: int) -> memoryview:
+        """Seal the body at buf[HEADER_SIZE:end]; return the datagram."""
         raise NotImplementedError
+
+    def open(self, datagram: bytes | memoryview) -> memoryview | None:
+        raise NotImplementedError
+
+    # -- loss estimate -------------------------------------------------------------
+
+    def _reset_loss_interval(self) -> None:
+        self._rx_low = NO_COUNTER
+        self._rx_high = -1
+        self._rx_count = 0
+        self._rx_bytes = 0
+
+    def note_received(self, epoch: int, counter: int, size: int) -> None:
+        """Account one authentic datagram for the loss estimate (hot path: keep flat)."""
+        if epoch != self._rx_epoch:  # a rekey restarts the counters
+            self._rx_epoch = epoch
+            self._reset_loss_interval()
+        if counter > self._rx_high:
+            self._rx_high = counter
+        if counter < self._rx_low:
+            self._rx_low = counter
+        self._rx_count += 1
+        self._rx_bytes += size
+
+    def take_loss_report(self) -> int:
+        """Loss (ppm) seen on datagrams from the peer since the last report; starts anew."""
+        count = self._rx_count
+        if count < LOSS_MIN_SAMPLE:
+            report = LOSS_UNKNOWN
+        else:
+            expected = self._rx_high - self._rx_low + 1
+            report = estimate_loss_ppm(expected, count, self._rx_bytes / count)
+        self._reset_loss_interval()
+        return report
+
+    def peer_reported_loss(self, ppm: int) -> None:
+        """The peer's estimate of loss on what we send: pick super-frames or segments."""
+        if ppm == LOSS_UNKNOWN:
+            return
+        self.peer_loss_ppm = ppm
+        if ppm >= LOSS_ENTER_PPM:
+            self.segment = True
+        elif ppm <= LOSS_LEAVE_PPM:
+            self.segment = False
 
     def heard(self, now: float) -> None:
         self.last_heard = now
@@ -65,8 +149,14 @@ class PlainLink(Link):
         self.datagrams_out += 1
         return HEADER.pack(DATAGRAM_PLAIN, 0, 0, self.remote_index, self.send_counter) + body
 
-    def open(self, datagram: bytes) -> memoryview | None:
-        if datagram[0] != DATAGRAM_PLAIN or len(datagram) <= HEADER_SIZE:
+    def seal_into(self, buf: bytearray, end: int) -> memoryview:
+        self.send_counter += 1
+        self.datagrams_out += 1
+        HEADER.pack_into(buf, 0, DATAGRAM_PLAIN, 0, 0, self.remote_index, self.send_counter)
+        return memoryview(buf)[:end]
+
+    def open(self, datagram: bytes | memoryview) -> memoryview | None:
+        if len(datagram) <= HEADER_SIZE or datagram[0] != DATAGRAM_PLAIN:
             self.drops_malformed += 1
             return None
         self.datagrams_in += 1
@@ -92,12 +182,20 @@ class SealedLink(Link):
         super().__init__(peer, endpoint, local_index, remote_index, max_datagram)
         self.sender = sender
         self.receiver = receiver
+        self._out = bytearray(MAX_UDP_PAYLOAD + OVERHEAD)
+        self._out_view = memoryview(self._out)
 
     def seal(self, body: bytes) -> bytes:
         self.datagrams_out += 1
         return self.sender.seal_datagram(self.remote_index, body)
 
-    def open(self, datagram: bytes) -> memoryview | None:
+    def seal_into(self, buf: bytearray, end: int) -> memoryview:
+        self.datagrams_out += 1
+        body = memoryview(buf)[HEADER_SIZE:end]
+        size = self.sender.seal_datagram_into(self._out, self.remote_index, body)
+        return self._out_view[:size]
+
+    def open(self, datagram: bytes | memoryview) -> memoryview | None:
         plaintext = self.receiver.open_datagram(datagram)
         if plaintext is None:
             receiver = self.receiver

@@ -8,6 +8,13 @@ zeros and frames are at most MTU + 14 bytes; with `offload=True` the kernel may 
 far side writes back verbatim so its kernel finishes the job.  python-pytun has no
 IFF_VNET_HDR / TUNSETOFFLOAD, so this module issues the ioctls itself.
 
+The router opens it with offloads on (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`; TSO
+without CSUM is refused with EINVAL).  A sealed super-frame must fit one 65,507-byte UDP
+datagram, so `clamp_gso_max_size` lowers the device's gso_max_size to GSO_MAX_SIZE
+(the bridge takes the minimum of its ports; `weave attach` clamps the containers' veths,
+which is where the TCP stack sizes its super-frames).  UFO/USO are not enabled: only TCP
+super-frames arrive, which core/wire/gso.py can cut in software when it must.
+
 The descriptor is non-blocking; the data plane drains it until EAGAIN on every wake-up.
 Closing the descriptor deletes the (non-persistent) device.
 """
@@ -29,6 +36,8 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 VNET_HDR_SIZE = 10
 IFNAMSIZ = 16
+GSO_MAX_SIZE = 60000  # + headers + 57 bytes of datagram overhead < 65,507
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 
 
 def open_tap(name: str, offload: bool = False) -> int:
@@ -40,9 +49,18 @@ def open_tap(name: str, offload: bool = False) -> int:
         ifreq = struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
         fcntl.ioctl(fd, TUNSETIFF, ifreq)
         fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
-        flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 if offload else 0
-        fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS if offload else 0)
     except OSError:
         os.close(fd)
         raise
     return fd
+
+
+def clamp_gso_max_size(name: str, size: int = GSO_MAX_SIZE) -> None:
+    """Lower `name`'s gso_max_size so no super-frame outgrows one UDP datagram."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if found:
+            ipr.link("set", index=found[0], gso_max_size=size)

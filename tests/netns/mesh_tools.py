@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from helpers import Lab
-
 from pyweave.cli.lab import weave_argv
 
 View = dict[str, set[tuple[str, bool]]]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 from helpers import Lab
-from mesh_tools import attach_all, connection_lines, full_mesh, launch, report, reports, view
+from mesh_tools import attach_all, connection_lines, full_mesh, launch, reports, view
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 LabFactory = Callable[..., Lab]

@@ -165,3 +165,23 @@ def test_lost_connection_shows_retrying() -> None:
     c.connection_failed("h:1", "timeout", 5.0)
     (s,) = c.status(5.0)
     assert s.state == "retrying" and s.reason == "timeout" and s.retry_at is not None
+
+
+def test_targets_are_listed_as_given() -> None:
+    c = make()
+    c.add_targets(["10.0.0.1", "10.0.0.2:7000"])
+    assert c.targets() == ["10.0.0.1", "10.0.0.2:7000"]
+    c.forget_targets([f"10.0.0.1:{c.port}"])  # the same target, spelled with our port
+    assert c.targets() == ["10.0.0.2:7000"]
+
+
+def test_retrying_lasts_while_a_lost_peer_stays_down() -> None:
+    c = make()
+    c.add_targets(["h:1"])
+    c.due(0.0)
+    c.connection_succeeded("h:1", 0xB, 0.0)
+    c.connection_failed("h:1", "peer silent", 5.0)
+    assert c.due(100.0) == ["h:1"]
+    c.connection_failed("h:1", "connection refused", 100.0)
+    (s,) = c.status(100.0)
+    assert s.state == "retrying" and s.reason == "connection refused"

@@ -29,8 +29,13 @@ def test_truncated_record_is_malformed() -> None:
 
 
 def test_heartbeat_round_trip() -> None:
-    raw = data.push_heartbeat(data.BODY_HEARTBEAT_ACK, 12.5)
-    assert data.pull_heartbeat(raw) == (data.BODY_HEARTBEAT_ACK, 12.5)
+    raw = data.push_heartbeat(data.BODY_HEARTBEAT_ACK, 12.5, 1234)
+    assert data.pull_heartbeat(raw) == (data.BODY_HEARTBEAT_ACK, 12.5, 1234)
+
+
+def test_heartbeat_without_loss_report_still_parses() -> None:
+    raw = data.HEARTBEAT_V1.pack(data.BODY_HEARTBEAT, 3.0)
+    assert data.pull_heartbeat(raw) == (data.BODY_HEARTBEAT, 3.0, data.LOSS_UNKNOWN)
 
 
 def test_overlay_mtu_fits_1500_byte_underlay() -> None:

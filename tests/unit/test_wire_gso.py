@@ -34,8 +34,19 @@ def _super_frame(payload: bytes, mss: int, v6: bool, flags: int = 0x18) -> bytes
         ip = struct.pack("!IHBB", 6 << 28, len(tcp) + len(payload), 6, 64) + src + dst
         ethertype, kind, l4 = 0x86DD, data.VNET_GSO_TCPV6, 54
     else:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 99, 0x4000,
-                         64, 6, 0, bytes([10, 128, 1, 1]), bytes([10, 128, 2, 1]))
+        ip = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(tcp) + len(payload),
+            99,
+            0x4000,
+            64,
+            6,
+            0,
+            bytes([10, 128, 1, 1]),
+            bytes([10, 128, 2, 1]),
+        )
         ethertype, kind, l4 = 0x0800, data.VNET_GSO_TCPV4, 34
     vnet = data.VNET_HDR.pack(data.VNET_F_NEEDS_CSUM, kind, l4 + 20, mss, l4, 16)
     return vnet + MAC + struct.pack("!H", ethertype) + ip + tcp + payload
@@ -85,6 +96,24 @@ def test_non_gso_record_is_unchanged() -> None:
 
 @given(st.binary(min_size=1, max_size=5000), st.integers(min_value=100, max_value=1500))
 def test_any_payload_and_mss(payload: bytes, mss: int) -> None:
-    segments = segment_record(_super_frame(payload, mss, False))
+    record = _super_frame(payload, mss, False)
+    segments = segment_record(record)
+    if len(payload) <= mss:
+        assert segments == [record]
+        return
     assert b"".join(_check_segment(r, False)[2] for r in segments) == payload
     assert all(len(r) - 10 - 54 <= mss for r in segments)
+
+
+def test_smaller_super_frames_keep_gso() -> None:
+    payload = bytes(range(256)) * 40
+    pieces = segment_record(_super_frame(payload, 1000, False), per_record=4)
+    assert len(pieces) == 3
+    seen = b""
+    for record in pieces:
+        _flags, kind, hdr_len, mss, start, _off = data.VNET_HDR.unpack_from(record)
+        chunk = record[10 + start + 20 :]
+        assert kind == (data.VNET_GSO_TCPV4 if len(chunk) > 1000 else data.VNET_GSO_NONE)
+        assert (hdr_len, mss) == ((start + 20, 1000) if kind else (0, 0))
+        seen += chunk
+    assert seen == payload

@@ -84,6 +84,14 @@ def pull_header(datagram: bytes | memoryview) -> tuple[int, int, int, int]:
     return kind, epoch, receiver_index, counter
 
 
+FRAMES_PREFIX = struct.Struct("!B6s6s")
+
+
+def push_frames_prefix_into(buf: bytearray, offset: int, source: bytes, destination: int) -> None:
+    """Write a frames prefix into buf (source already as 6 bytes: the hot path reuses it)."""
+    FRAMES_PREFIX.pack_into(buf, offset, BODY_FRAMES, source, destination.to_bytes(6, "big"))
+
+
 def push_frames_prefix(source: int, destination: int) -> bytes:
     return (
         bytes([BODY_FRAMES])

@@ -73,8 +73,11 @@ def _l3_offset(frame: memoryview) -> tuple[int, int]:
     return 14, ethertype
 
 
-def segment_record(record: bytes | memoryview) -> list[bytes]:
-    """Cut a TCP GSO record (vnet hdr + frame) into MSS-sized records; see module doc."""
+def segment_record(record: bytes | memoryview, per_record: int = 1) -> list[bytes]:
+    """Cut a TCP GSO record (vnet hdr + frame) into records of `per_record` MSS segments.
+
+    With per_record > 1 the pieces are smaller super-frames (still GSO, the far kernel
+    cuts them further); with 1 they are plain MSS-sized frames.  See the module doc."""
     view = memoryview(record)
     _flags, kind, _hdr_len, mss, _csum_start, _csum_off = VNET_HDR.unpack_from(view)
     kind &= ~VNET_GSO_ECN
@@ -89,15 +92,21 @@ def segment_record(record: bytes | memoryview) -> list[bytes]:
     if len(frame) < l4 + 20 or mss == 0:
         raise MalformedDatagram("GSO frame too short for its headers")
     headers_end = l4 + (frame[l4 + 12] >> 4) * 4
-    if len(frame) <= headers_end + mss:  # nothing to cut
+    if len(frame) <= headers_end + mss * per_record:  # nothing to cut
         return [bytes(view)]
-    return _cut(frame, l3, l4, headers_end, mss, v4)
+    return _cut(frame, (l3, l4, headers_end), mss, v4, per_record, view[1])
 
 
 def _cut(
-    frame: memoryview, l3: int, l4: int, headers_end: int, mss: int, v4: bool
+    frame: memoryview,
+    offsets: tuple[int, int, int],
+    mss: int,
+    v4: bool,
+    per_record: int,
+    gso_byte: int,
 ) -> list[bytes]:
     """The segmentation loop proper (one pass over the payload, headers patched in place)."""
+    l3, l4, headers_end = offsets
     header = bytearray(frame[:headers_end])
     tcp_header_len = headers_end - l4
     if v4:
@@ -109,16 +118,18 @@ def _cut(
     (seq,) = _U32.unpack_from(header, l4 + 4)
     tcp_flags = header[l4 + 13]
     vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, l4, TCP_CHECKSUM_OFFSET)
+    gso_vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, gso_byte, headers_end, mss, l4, 16)
+    step = mss * per_record
     total = len(frame)
     records: list[bytes] = []
     start = headers_end
     index = 0
     while start < total:
-        stop = min(start + mss, total)
+        stop = min(start + step, total)
         segment_len = tcp_header_len + stop - start
         if v4:
             _U16.pack_into(header, l3 + 2, l4 - l3 + segment_len)
-            _U16.pack_into(header, l3 + 4, (ip_id + index) & 0xFFFF)
+            _U16.pack_into(header, l3 + 4, (ip_id + index * per_record) & 0xFFFF)
             _U16.pack_into(header, l3 + 10, 0)
             _U16.pack_into(header, l3 + 10, ~_fold(_sum_words(header[l3:l4])) & 0xFFFF)
         else:
@@ -127,7 +138,8 @@ def _cut(
         flags = tcp_flags if stop == total else tcp_flags & ~TCP_FIN_PSH
         header[l4 + 13] = flags if index == 0 else flags & ~TCP_CWR
         _U16.pack_into(header, l4 + TCP_CHECKSUM_OFFSET, _fold(pseudo + segment_len))
-        records.append(vnet + header + frame[start:stop])
+        head = gso_vnet if stop - start > mss else vnet
+        records.append(head + header + frame[start:stop])
         start = stop
         index += 1
     return records

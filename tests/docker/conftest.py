@@ -1,0 +1,75 @@
+"""Fixtures for the Docker tests: cached images, and simulated hosts each with a dockerd.
+
+Theory of operation: `docker_images` (session) makes sure the base and router images are
+built and cached (tests/docker/docker_env.py) and returns the tar to load.  `docker_mesh`
+(module) builds a two-host lab without routers (`weave lab up --no-launch`, namespaces
+`h10d<n>-h1`, `-h2` on the TEST-NET underlay 192.0.2.0/24), starts one dockerd inside each
+host, loads the images, and runs `weave launch --container` on both (h2 joining h1).
+Tests talk to a host through `DockerHost`: `sh` runs a shell command inside the host with
+the real engine as DOCKER_HOST, `docker` runs the docker CLI *through the weave proxy*
+(DOCKER_HOST as `weave proxy-env` printed it), `engine` runs it against the engine itself.
+Teardown stops the routers, removes every container, stops each dockerd by its PID,
+removes the lab and fails if any of its namespaces remain.  Tests skip, with the reason,
+only when no dockerd can run here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "netns"))
+
+from docker_env import Dockerd, dockerd_unavailable_reason, ensure_images
+from docker_hosts import DockerHost, DockerMesh
+from helpers import Lab, netns_unavailable_reason
+
+_counter = itertools.count(1)
+PREFIX = os.environ.get("PYWEAVE_DOCKER_TEST_PREFIX", "h10")
+
+
+@pytest.fixture(scope="session")
+def docker_images() -> tuple[Path, str]:
+    reason = dockerd_unavailable_reason() or netns_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    probe = Dockerd(f"{PREFIX}probe", None)
+    try:
+        probe.start()
+    except RuntimeError as exc:
+        pytest.skip(f"dockerd cannot start here: {exc}")
+    finally:
+        probe.stop()
+    return ensure_images()
+
+
+@pytest.fixture(scope="module")
+def docker_mesh(docker_images: tuple[Path, str]) -> Iterator[DockerMesh]:
+    tar, base = docker_images
+    lab = Lab(f"{PREFIX}d{next(_counter)}-", 2, 0, None)
+    lab.down()
+    hosts: list[DockerHost] = []
+    try:
+        lab.up(launch=False)
+        for i in (1, 2):
+            dockerd = Dockerd(f"{lab.prefix}h{i}", lab.netns(f"h{i}"))
+            hosts.append(DockerHost(lab, i, dockerd))
+            dockerd.start()
+            dockerd.load(tar)
+        mesh = DockerMesh(lab, hosts, base)
+        for host in hosts:
+            mesh.launch(host, "--container")
+        mesh.wait_established()
+        yield mesh
+    finally:
+        for host in hosts:
+            host.weave("stop", check=False, timeout=60)
+            host.dockerd.stop()
+        lab.down()
+        assert not lab.namespaces(), f"namespaces left behind: {lab.namespaces()}"

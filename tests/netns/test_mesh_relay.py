@@ -1,0 +1,117 @@
+"""Multi-hop relay: A and C cannot reach each other on the underlay, both reach B.
+
+Theory of operation: before any router starts, `cut` puts `prohibit` routes between h1
+and h3 in both host namespaces, so no TCP or UDP packet passes between them in either
+direction.  h1 is launched alone, h2 with h1 as peer, h3 with both (its dial to h1 fails and is
+retried, as are h1's discovered dials to h3): the only path h1 <-> h3 is via
+h2.  The containers on h1 and h3 must still ping each other and carry a TCP transfer
+byte-exactly, and h2's `frames_relayed` counter (in `weave report`) must grow by at least
+the frames that transfer needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import Lab, reap, start_in, tcp_listening
+from mesh_tools import attach_all, cut, launch, relayed, reports, view
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+LabFactory = Callable[..., Lab]
+
+CONVERGE = 20.0
+TRANSFER_BYTES = 512 * 1024
+
+TCP_SINK = """
+import socket, sys
+port, path = int(sys.argv[1]), sys.argv[2]
+with socket.create_server(("0.0.0.0", port)) as srv:
+    srv.settimeout(30)
+    conn, _ = srv.accept()
+    conn.settimeout(30)
+    with conn, open(path, "wb") as out:
+        while chunk := conn.recv(65536):
+            out.write(chunk)
+"""
+
+TCP_SOURCE = """
+import socket, sys
+data = sys.stdin.buffer.read()
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(1) == b"", "sink sent data back"
+"""
+
+
+def transfer(net: Lab, src: str, dst: str, port: int, tmp_path: Path) -> None:
+    """Send random bytes src -> dst over TCP through the overlay and compare them."""
+    sink_file = tmp_path / "received.bin"
+    payload = os.urandom(TRANSFER_BYTES)
+    sink = start_in(net.netns(dst), [sys.executable, "-c", TCP_SINK, str(port), str(sink_file)])
+    try:
+        net.wait_until(lambda: tcp_listening(net, dst, port), 10, "TCP sink listening")
+        address = net.addr(dst[:2], dst[2:])
+        source = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                net.netns(src),
+                sys.executable,
+                "-c",
+                TCP_SOURCE,
+                address,
+                str(port),
+            ],
+            input=payload,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert source.returncode == 0, source.stderr.decode(errors="replace")
+        _, err = sink.communicate(timeout=30)
+        assert sink.returncode == 0, err.decode(errors="replace")
+    finally:
+        reap(sink)
+    received = sink_file.read_bytes()
+    assert len(received) == len(payload)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+
+def test_traffic_between_unreachable_hosts_is_relayed(lab: LabFactory, tmp_path: Path) -> None:
+    net = lab(hosts=3, containers=1, launch=False)
+    cut(net, 1, 3)
+    assert not net.ping("h1", net.underlay_addr(3)), "the cut between h1 and h3 does not hold"
+    assert net.ping("h1", net.underlay_addr(2)) and net.ping("h3", net.underlay_addr(2))
+    launch(net, "h1")
+    launch(net, "h2", net.underlay_addr(1))
+    launch(net, "h3", net.underlay_addr(1), net.underlay_addr(2))
+    attach_all(net)
+    chain = {"h1": {("h2", True)}, "h2": {("h1", True), ("h3", True)}, "h3": {("h2", True)}}
+    net.wait_until(
+        lambda: all(view(r) == chain for r in reports(net).values()),
+        CONVERGE,
+        "all routers to see h1 - h2 - h3 (and no h1 - h3 link)",
+    )
+    h3_lines = net.weave("h3", "status", "connections").stdout
+    assert f"-> {net.underlay_addr(1)}:6783" in h3_lines, h3_lines  # still trying h1
+
+    h1c1, h3c1 = net.addr(1, 1), net.addr(3, 1)
+    net.wait_until(lambda: net.ping("h1c1", h3c1), CONVERGE, "h1c1 reaching h3c1 via h2")
+    net.wait_until(lambda: net.ping("h3c1", h1c1), CONVERGE, "h3c1 reaching h1c1 via h2")
+    before = relayed(net, "h2")
+    ping = net.exec("h1c1", "ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", h3c1)
+    assert " 0% packet loss" in ping.stdout, ping.stdout
+    transfer(net, "h1c1", "h3c1", 5301, tmp_path)
+    grown = relayed(net, "h2") - before
+    # 10 ICMP frames, plus the transfer in frames of at most 64 KB (TSO super-frames)
+    assert grown >= 10 + TRANSFER_BYTES // 65536, f"h2 relayed only {grown} frames"
+    for host in ("h1", "h3"):
+        assert relayed(net, host) == 0, f"{host} relayed frames on a chain end"

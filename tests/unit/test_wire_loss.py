@@ -1,0 +1,55 @@
+"""The loss estimate behind segment mode: counter gaps -> underlay packet loss -> mode."""
+
+from __future__ import annotations
+
+from pyweave.router.core.link import (
+    LOSS_ENTER_PPM,
+    PlainLink,
+    estimate_loss_ppm,
+)
+from pyweave.router.core.wire.data import LOSS_UNKNOWN
+
+
+def _link() -> PlainLink:
+    return PlainLink(1, ("192.0.2.1", 6783), 7, 9, 1472)
+
+
+def test_no_gaps_no_loss() -> None:
+    link = _link()
+    for counter in range(1, 201):
+        link.note_received(0, counter, 1400)
+    assert link.take_loss_report() == 0
+
+
+def test_fragment_loss_is_recovered_from_datagram_loss() -> None:
+    # 41-fragment datagrams lost at 1 - 0.99**41 = 33.8 %: about 1 % per packet
+    ppm = estimate_loss_ppm(1000, 662, 60000)
+    assert 9000 < ppm < 11000
+
+
+def test_few_datagrams_say_nothing() -> None:
+    link = _link()
+    for counter in (1, 5, 9):
+        link.note_received(0, counter, 100)
+    assert link.take_loss_report() == LOSS_UNKNOWN
+
+
+def test_rekey_restarts_the_interval() -> None:
+    link = _link()
+    for counter in range(1000, 1100):
+        link.note_received(0, counter, 100)
+    for counter in range(0, 100):
+        link.note_received(1, counter, 100)
+    assert link.take_loss_report() == 0
+
+
+def test_reports_switch_segment_mode_with_hysteresis() -> None:
+    link = _link()
+    link.peer_reported_loss(LOSS_ENTER_PPM)
+    assert link.segment
+    link.peer_reported_loss(LOSS_ENTER_PPM - 1)
+    assert link.segment  # between the thresholds: unchanged
+    link.peer_reported_loss(LOSS_UNKNOWN)
+    assert link.segment
+    link.peer_reported_loss(0)
+    assert not link.segment
