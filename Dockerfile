@@ -17,11 +17,20 @@ ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 ENV PIP_CERT=${PIP_CERT} PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
     WEAVE_STATE_DIR=/var/lib/weave
 
-COPY pyproject.toml setup.py README.md /src/
+# Dependencies (and the build backend) first, in a layer of their own: it is rebuilt only
+# when pyproject.toml changes, and the source layer below then needs no network.
+COPY pyproject.toml /src/
+RUN python3 -m venv /opt/pyweave \
+    && python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb")); \
+print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"]))' \
+        > /tmp/requirements.txt \
+    && /opt/pyweave/bin/pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY setup.py README.md /src/
 COPY router /src/router
 COPY cli /src/cli
-RUN python3 -m venv /opt/pyweave \
-    && /opt/pyweave/bin/pip install --no-cache-dir /src \
+RUN /opt/pyweave/bin/pip install --no-cache-dir --no-deps --no-build-isolation /src \
     && ln -s /opt/pyweave/bin/weave /usr/local/bin/weave \
     && rm -rf /src
 

@@ -191,6 +191,8 @@ class Tinc(Setup):
             f"Name = h{i}\nMode = switch\nAddressFamily = ipv4\nInterface = tinc{i}\n{connect}"
         )
         crypto = "Cipher = none\nDigest = none\n" if self.cipher == "none" else ""
+        if self.hosts >= 3 and i in (1, self.hosts):  # h1 <-> h3 blocked: relay via h2
+            crypto += "IndirectData = yes\n"
         (conf / "hosts" / f"h{i}").write_text(f"Address = {underlay_ip(i)}\nPort = 655\n{crypto}")
         up = conf / "tinc-up"
         up.write_text("#!/bin/sh\nip link set $INTERFACE up\nip link set $INTERFACE master brtc\n")
@@ -245,14 +247,21 @@ class Pyweave(Setup):
     def state_dir(self, i: int) -> Path:
         return LAB_ROOT / self.prefix / f"h{i}"
 
-    def _weave(self, i: int, *args: str) -> None:
-        subprocess.run(
-            ["ip", "netns", "exec", self.host(i), *self.weave, *args],
-            env=self._env(i),
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
+    def _weave(self, i: int, *args: str, attempts: int = 5) -> None:
+        """Run weave in host i; retried (a router may still be starting), errors shown."""
+        for attempt in range(attempts):
+            result = subprocess.run(
+                ["ip", "netns", "exec", self.host(i), *self.weave, *args],
+                env=self._env(i),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if result.returncode == 0:
+                return
+            time.sleep(0.5 * (attempt + 1))
+        raise RuntimeError(f"h{i}: weave {' '.join(args)}: {result.stderr or result.stdout}")
 
     def wire(self) -> None:
         for i in range(1, self.hosts + 1):

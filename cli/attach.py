@@ -35,10 +35,7 @@ def parse_cidrs(args: list[str]) -> list[ipaddress.IPv4Interface]:
     for arg in args:
         text = arg[len("ip:") :] if arg.startswith("ip:") else arg
         if text.startswith("net:"):
-            raise CliError(
-                f"{arg}: allocation from a subnet needs IPAM, which is not "
-                "available in this version; give an address like 10.128.0.2/10"
-            )
+            raise CliError(f"{arg}: a subnet is not an address here; give CIDRs like 10.128.0.2/10")
         if "/" not in text:
             raise CliError(f"invalid address {arg!r}: expected CIDR notation like 10.128.0.2/10")
         try:

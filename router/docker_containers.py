@@ -58,11 +58,14 @@ ATTACH_TIMEOUT = 60.0
 RELEASE_CHECK = 1.0
 WAIT_SCRIPT_TEXT = """#!/bin/sh
 # pyweave: wait until weave has given ethwe an address, then run the container's command.
+# (exec only after the loop: inside it, stdin is redirected from /proc/net/route)
 n=0
-while :; do
+up=
+while [ -z "$up" ]; do
   while read -r dev rest; do
-    [ "$dev" = ethwe ] && exec "$@"
+    if [ "$dev" = ethwe ]; then up=1; break; fi
   done < /proc/net/route
+  [ -n "$up" ] && break
   n=$((n + 1))
   if [ "$n" -ge "${WEAVE_WAIT_TICKS:-1200}" ]; then
     echo "weavewait: ethwe did not come up; is the weave router running?" >&2
@@ -70,6 +73,7 @@ while :; do
   fi
   sleep 0.05 2>/dev/null || :
 done
+exec "$@"
 """
 
 
@@ -230,6 +234,8 @@ class DockerContainers:
                 self.dead.pop(short, None)
             elif not await self._is_running(short, pid):
                 return None  # it ran and ended (docker run --rm true) while we attached it
+            else:
+                log.warning("docker: attaching %s failed: %s", short, error)
             return error
 
     def _addresses_for(
@@ -269,9 +275,7 @@ class DockerContainers:
             await proc.wait()
             return f"weave: attaching container {short} timed out"
         if proc.returncode != 0:
-            reason = err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
-            log.warning("docker: attaching %s failed: %s", short, reason)
-            return reason
+            return err.decode(errors="replace").strip() or f"exit status {proc.returncode}"
         log.info("docker: attached %s: %s", short, out.decode(errors="replace").strip())
         return None
 
@@ -315,9 +319,7 @@ class DockerContainers:
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     async def _attach_logged(self, container: str) -> None:
-        error = await self._attach(container, from_proxy=False)
-        if error:
-            log.warning("docker: could not attach %s: %s", container, error)
+        await self._attach(container, from_proxy=False)  # failures are logged there
 
     # -- releasing -----------------------------------------------------------------
 

@@ -339,9 +339,20 @@ class Router:
                 and effect.address == conn.mesh_address
             ):
                 refusal = effect.reason
-        self.apply(
-            [e for e in effects if not (isinstance(e, DropConnection) and e.reason == refusal)]
-        )
+        rest: list[Effect] = []
+        direct: list[bytes] = []
+        for effect in effects:
+            if isinstance(effect, DropConnection) and effect.reason == refusal:
+                continue
+            if refusal is None and isinstance(effect, SendGossip) and effect.to_peer == hello.name:
+                # The new neighbour's full state: `conn` is not registered yet (the caller
+                # does that once we accept it), so deliver on its channel directly.
+                direct.append(push_gossip(effect.channel, effect.payload))
+                continue
+            rest.append(effect)
+        self.apply(rest)  # drops a superseded connection to this peer before we send
+        for message in direct:
+            conn.channel.send(message)
         return refusal
 
     def _on_established(self, conn: Connection) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,8 +69,12 @@ def docker_mesh(docker_images: tuple[Path, str]) -> Iterator[DockerMesh]:
         mesh.wait_established()
         yield mesh
     finally:
+        started = time.monotonic()
         for host in hosts:
             host.weave("stop", check=False, timeout=60)
+            print(f"[{host.name}] weave stop: {time.monotonic() - started:.1f}s")
             host.dockerd.stop()
+            print(f"[{host.name}] dockerd stop: {time.monotonic() - started:.1f}s")
         lab.down()
+        print(f"lab down: {time.monotonic() - started:.1f}s")
         assert not lab.namespaces(), f"namespaces left behind: {lab.namespaces()}"

@@ -16,9 +16,10 @@ Theory of operation:
   Dockerfile on top of it.  Both are cached under $PYWEAVE_TEST_CACHE
   (/var/cache/pyweave-test): the rootfs tar keyed by the package list and CA bundle, and
   a `docker save` of both images keyed by that plus a hash of the Dockerfile and the
-  sources.  Building needs the internet (pip), so it runs in a throw-away dockerd in the
-  root namespace; a warm cache is one `docker load` per host.  A file lock serialises
-  concurrent builders.
+  sources.  Building needs PyPI (pip), so it runs in a builder dockerd in the root
+  namespace whose data root is kept in the cache: its layer cache holds the dependency
+  layer, so a rebuild after a source change is quick and needs no network.  A warm cache
+  is one `docker load` per host.  A file lock serialises concurrent builders.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ def _run(argv: list[str], timeout: float = 600, **kw: object) -> subprocess.Comp
 class Dockerd:
     """One dockerd; `netns` None means the root network namespace (the image builder)."""
 
-    def __init__(self, name: str, netns: str | None) -> None:
+    def __init__(self, name: str, netns: str | None, data_root: Path | None = None) -> None:
         self.name = name
         self.netns = netns
         self.root = RUN_ROOT / name
+        self.data_root = data_root or self.root / "data"
         self.sock = self.root / "docker.sock"
         self.url = f"unix://{self.sock}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -98,7 +100,8 @@ class Dockerd:
             input=input,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)}: {result.stderr.strip()}")
+            output = (result.stdout.strip()[-3000:] + "\n" + result.stderr.strip()).strip()
+            raise AssertionError(f"docker {' '.join(args)}: {output}")
         return result
 
     def start(self) -> None:
@@ -106,7 +109,7 @@ class Dockerd:
         self.root.mkdir(parents=True, exist_ok=True)
         argv = [
             "dockerd",
-            f"--data-root={self.root / 'data'}",
+            f"--data-root={self.data_root}",
             f"--exec-root={self.root / 'exec'}",
             f"--pidfile={self.root / 'dockerd.pid'}",
             f"--host={self.url}",
@@ -172,7 +175,7 @@ class Dockerd:
             if b"dockerd" in cmdline and str(self.root).encode() in cmdline:
                 _terminate(pid)
                 for _ in range(300):
-                    if not os.path.exists(f"/proc/{pid}"):
+                    if not _alive(pid):
                         break
                     time.sleep(0.1)
         self._remove_root()
@@ -189,6 +192,15 @@ def remove_tree(root: Path) -> None:
     for mount in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an orphan may never be reaped here)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _terminate(pid: int) -> None:
@@ -282,7 +294,9 @@ def ensure_images() -> tuple[Path, str]:
         if not base_tar.exists():
             print(f"building base rootfs {base_tar} (debootstrap)", file=sys.stderr)
             _build_base_rootfs(base_tar)
-        builder = Dockerd(f"{_prefix()}build", None)
+        # the builder keeps its data root in the cache: its layer cache makes a rebuild
+        # after a source change quick and offline (see the Dockerfile's layer order)
+        builder = Dockerd(f"{_prefix()}build", None, data_root=CACHE / "builder")
         builder.start()
         try:
             with open(base_tar, "rb") as f:
@@ -308,6 +322,7 @@ def ensure_images() -> tuple[Path, str]:
             )
             builder.docker("save", "-o", str(images_tar) + ".tmp", image, base_tag, timeout=600)
             os.replace(str(images_tar) + ".tmp", images_tar)
+            builder.docker("image", "prune", "-f", check=False)  # superseded router images
         finally:
             builder.stop()
         for old in CACHE.glob("images-*.tar"):

@@ -8,22 +8,31 @@ share one two-host mesh per module and so use distinct container names and addre
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 
 import pytest
-from docker_hosts import DockerMesh
+from docker_hosts import DockerHost, DockerMesh
 from helpers import wait_until
 
 pytestmark = pytest.mark.docker
 
-WEB = "10.128.1.10"
-CLIENT = "10.128.2.10"
+RANGE = ipaddress.ip_network("10.128.0.0/10")  # weave launch's default --ipalloc-range
+# explicit WEAVE_CIDR addresses lie outside the IPAM range, so no peer's range is claimed
 
 
-def _run_d(mesh: DockerMesh, host: int, name: str, cidr: str, *cmd: str) -> None:
+def _run_d(mesh: DockerMesh, host: int, name: str, cidr: str, *cmd: str) -> str:
+    """`docker run -d` through the proxy (cidr "" = IPAM); the container's address."""
     h = mesh.hosts[host - 1]
     env = ["-e", f"WEAVE_CIDR={cidr}"] if cidr else []
     h.docker("run", "-d", "--name", name, *env, mesh.base, *cmd)
+    cidrs = h.ethwe_cidrs(name)  # no waiting: the proxy answered after attaching
+    assert len(cidrs) == 1, cidrs
+    return cidrs[0]
+
+
+def _in_range(cidr: str) -> bool:
+    return ipaddress.ip_interface(cidr).ip in RANGE
 
 
 def _attachments(mesh: DockerMesh, host: int) -> dict[str, list[str]]:
@@ -56,27 +65,36 @@ def test_router_runs_as_a_container(docker_mesh: DockerMesh) -> None:
 def test_ethwe_is_there_before_the_command_starts(docker_mesh: DockerMesh) -> None:
     h1 = docker_mesh.hosts[0]
     script = (
-        'eval "$(weave proxy-env)" && docker run --rm -e WEAVE_CIDR=10.128.1.3/10 '
+        'eval "$(weave proxy-env)" && docker run --rm -e WEAVE_CIDR=10.2.1.3/16 '
         f"{docker_mesh.base} ip -4 -o addr show dev ethwe"
     )
-    out = h1.sh(script).stdout
-    assert "10.128.1.3/10" in out
+    assert "10.2.1.3/16" in h1.sh(script).stdout
+    ipam = h1.docker("run", "--rm", docker_mesh.base, "ip", "-4", "-o", "addr", "show", "ethwe")
+    assert ipaddress.ip_interface(ipam.stdout.split()[3]).ip in RANGE
     none = h1.docker(
         "run", "--rm", "-e", "WEAVE_CIDR=none", docker_mesh.base, "ls", "/sys/class/net"
     )
     assert none.stdout.split() == ["lo"]
+    host_net = h1.docker("run", "--rm", "--network", "host", docker_mesh.base, "true")
+    assert host_net.returncode == 0
 
 
 def test_cross_host_ping_and_http(docker_mesh: DockerMesh) -> None:
-    _run_d(docker_mesh, 1, "web", f"{WEB}/10", "python3", "-m", "http.server", "8080")
-    _run_d(docker_mesh, 2, "client", f"{CLIENT}/10", "sleep", "infinity")
+    web = _run_d(docker_mesh, 1, "web", "", "python3", "-m", "http.server", "8080")
+    client = _run_d(docker_mesh, 2, "client", "", "sleep", "infinity")
+    assert _in_range(web) and _in_range(client) and web != client
+    web_ip = web.split("/")[0]
     h2 = docker_mesh.hosts[1]
     wait_until(
-        lambda: h2.engine("exec", "client", "ping", "-c1", "-W1", WEB, check=False).returncode == 0,
+        lambda: (
+            h2.engine("exec", "client", "ping", "-c1", "-W1", web_ip, check=False).returncode == 0
+        ),
         30,
         "client on h2 pinging web on h1",
     )
-    fetch = f"import urllib.request as u; print(u.urlopen('http://{WEB}:8080/', timeout=5).status)"
+    fetch = (
+        f"import urllib.request as u; print(u.urlopen('http://{web_ip}:8080/', timeout=5).status)"
+    )
     out = wait_until(
         lambda: h2.engine("exec", "client", "python3", "-c", fetch, check=False).stdout.strip(),
         20,
@@ -87,19 +105,16 @@ def test_cross_host_ping_and_http(docker_mesh: DockerMesh) -> None:
 
 def test_restart_keeps_the_address(docker_mesh: DockerMesh) -> None:
     h1, h2 = docker_mesh.hosts
-    _run_d(docker_mesh, 1, "keeper", "10.128.1.11/10", "sleep", "infinity")
-    assert h1.ethwe_cidrs("keeper") == ["10.128.1.11/10"]
-    h1.docker("restart", "-t", "1", "keeper")
-    assert h1.ethwe_cidrs("keeper") == ["10.128.1.11/10"]  # the wrapper waited for it
-    h1.engine("restart", "-t", "1", "keeper")  # not through the proxy: the events re-attach
-    wait_until(lambda: h1.ethwe_cidrs("keeper") == ["10.128.1.11/10"], 20, "re-attach")
-    if "client" in h2.engine("ps", "--format", "{{.Names}}").stdout:
+    address = _run_d(docker_mesh, 1, "keeper", "", "sleep", "infinity")
+    h1.docker("restart", "-t", "1", "keeper")  # through the proxy: answered once attached
+    assert h1.ethwe_cidrs("keeper") == [address]
+    h1.engine("restart", "-t", "1", "keeper")  # past the proxy: the start event re-attaches
+    wait_until(lambda: h1.ethwe_cidrs("keeper") == [address], 20, "keeper re-attached")
+    if _running(h2, "client"):
+        ip = address.split("/")[0]
         wait_until(
             lambda: (
-                h2.engine(
-                    "exec", "client", "ping", "-c1", "-W1", "10.128.1.11", check=False
-                ).returncode
-                == 0
+                h2.engine("exec", "client", "ping", "-c1", "-W1", ip, check=False).returncode == 0
             ),
             20,
             "h2 reaching the restarted container",
@@ -108,23 +123,20 @@ def test_restart_keeps_the_address(docker_mesh: DockerMesh) -> None:
 
 def test_rm_frees_the_address(docker_mesh: DockerMesh) -> None:
     h1 = docker_mesh.hosts[0]
-    _run_d(docker_mesh, 1, "doomed", "10.128.1.12/10", "sleep", "infinity")
+    address = _run_d(docker_mesh, 1, "doomed", "", "sleep", "infinity")
     short = h1.engine("inspect", "-f", "{{.Id}}", "doomed").stdout.strip()[:12]
-    wait_until(lambda: short in _attachments(docker_mesh, 1), 10, "the attachment record")
+    assert short in _attachments(docker_mesh, 1)
     h1.docker("rm", "-f", "doomed")
     wait_until(lambda: short not in _attachments(docker_mesh, 1), 20, "the record to go")
-    # the address is free again: another container can take it
-    _run_d(docker_mesh, 1, "heir", "10.128.1.12/10", "sleep", "infinity")
-    assert h1.ethwe_cidrs("heir") == ["10.128.1.12/10"]
+    # IPAM released it: another container may claim exactly that address now
+    assert _run_d(docker_mesh, 1, "heir", address, "sleep", "infinity") == address
     h1.docker("rm", "-f", "heir")
 
 
 def test_streams_pass_through_unchanged(docker_mesh: DockerMesh) -> None:
     h1 = docker_mesh.hosts[0]
     text = "".join(f"line {i} {'x' * (i % 70)}\n" for i in range(2000))
-    out = h1.docker(
-        "run", "-i", "--rm", "-e", "WEAVE_CIDR=10.128.1.13/10", docker_mesh.base, "cat", input=text
-    )
+    out = h1.docker("run", "-i", "--rm", docker_mesh.base, "cat", input=text)
     assert out.stdout == text
     big = "import sys; sys.stdout.write(''.join(f'{i:08d}\\n' for i in range(600000)))"
     out = h1.docker("run", "--rm", "-e", "WEAVE_CIDR=none", docker_mesh.base, "python3", "-c", big)
@@ -137,7 +149,7 @@ def test_streams_pass_through_unchanged(docker_mesh: DockerMesh) -> None:
         docker_mesh,
         1,
         "talker",
-        "10.128.1.14/10",
+        "10.2.1.14/16",
         "sh",
         "-c",
         "for i in 1 2 3; do echo out$i; echo err$i >&2; done; sleep 1",
@@ -155,34 +167,32 @@ def test_streams_pass_through_unchanged(docker_mesh: DockerMesh) -> None:
     assert via_proxy.stdout == "out1\nout2\nout3\n"
     follow = h1.docker("logs", "-f", "talker", timeout=30)
     assert follow.stdout == direct.stdout
-    echo = h1.docker(
-        "exec",
-        "-i",
-        "keeper" if _running(h1, "keeper") else "web",
-        "cat",
-        input="round trip\n",
-        check=False,
-    )
-    if echo.returncode == 0:
-        assert echo.stdout == "round trip\n"
+    _run_d(docker_mesh, 1, "catbox", "10.2.1.15/16", "sleep", "infinity")
+    echo = h1.docker("exec", "-i", "catbox", "cat", input=text)  # a hijacked exec stream
+    assert echo.stdout == text
+    tty = h1.sh(  # docker exec -it needs a terminal: script(1) gives it one
+        'eval "$(weave proxy-env)"; '
+        "script -qec 'docker exec -it catbox sh -c \"tty; echo $((6 * 7))\"' /dev/null"
+    ).stdout
+    assert "/dev/pts/" in tty and "42" in tty
+    h1.docker("rm", "-f", "catbox")
     h1.docker("rm", "-f", "talker")
 
 
-def _running(host: object, name: str) -> bool:
-    out = host.engine("ps", "--format", "{{.Names}}").stdout  # type: ignore[attr-defined]
-    return name in out.split()
+def _running(host: DockerHost, name: str) -> bool:
+    return name in host.engine("ps", "--format", "{{.Names}}").stdout.split()
 
 
 def test_router_restart_finds_containers_again(docker_mesh: DockerMesh) -> None:
     h1, h2 = docker_mesh.hosts
-    _run_d(docker_mesh, 1, "survivor", "10.128.1.15/10", "sleep", "infinity")
-    _run_d(docker_mesh, 1, "sleeper", "10.128.1.16/10", "sleep", "infinity")
+    survivor = _run_d(docker_mesh, 1, "survivor", "", "sleep", "infinity")
+    sleeper = _run_d(docker_mesh, 1, "sleeper", "", "sleep", "infinity")
     h1.weave("stop")
     assert h1.engine("ps", "-a", "-q", "-f", "name=^weave$").stdout.strip() == ""
     h1.engine("restart", "-t", "1", "sleeper")  # restarted while the router is away
     docker_mesh.launch(h1, "--container")
     docker_mesh.wait_established()
-    wait_until(lambda: h1.ethwe_cidrs("sleeper") == ["10.128.1.16/10"], 30, "sleeper re-attached")
+    wait_until(lambda: h1.ethwe_cidrs("sleeper") == [sleeper], 30, "sleeper re-attached")
     ps = h1.weave("ps")
     for name in ("survivor", "sleeper"):
         short = h1.engine("inspect", "-f", "{{.Id}}", name).stdout.strip()[:12]
@@ -191,7 +201,7 @@ def test_router_restart_finds_containers_again(docker_mesh: DockerMesh) -> None:
         wait_until(
             lambda: (
                 h2.engine(
-                    "exec", "client", "ping", "-c1", "-W1", "10.128.1.15", check=False
+                    "exec", "client", "ping", "-c1", "-W1", survivor.split("/")[0], check=False
                 ).returncode
                 == 0
             ),
