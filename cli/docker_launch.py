@@ -2,8 +2,9 @@
 
 Theory of operation: `launch` first decides where the router runs.  `--local` means a
 host process (cli/launch.py), `--container` means a container; without either, a
-container when a Docker engine answers (DOCKER_HOST, else the default socket), else a host
-process.  When `weave proxy-env` has pointed DOCKER_HOST at the proxy, the real engine is
+container when a Docker engine answers (DOCKER_HOST, else the default socket) and runs in
+this network namespace (its `--network host` must be ours), else a host process.  When
+`weave proxy-env` has pointed DOCKER_HOST at the proxy, the real engine is
 `ORIG_DOCKER_HOST` (empty: the default socket) — the proxy itself is part of the router
 and cannot start it.
 
@@ -13,7 +14,8 @@ containers' namespaces through /proc/<pid>/ns/net), the capabilities NET_ADMIN, 
 SYS_ADMIN (setns) and SYS_PTRACE (opening other processes' namespaces) instead of
 `--privileged`, /dev/net/tun, the engine's socket at /var/run/docker.sock, /run/netns
 (for `netns:` specs), and the state directory bind-mounted at the *same path*, so the pid
-file lock, the log and the weavewait directory mean the same inside and out.  Restart
+file lock, the log and the weavewait directory mean the same inside and out (likewise the
+directory of a unix-socket proxy address).  Restart
 policy `always`, as Weave Net.  Either way the router also serves the Docker API proxy
 when it knows an engine.  `$WEAVE_STATE_DIR/launch.json` remembers a container launch so
 that `weave stop` stops the container (a killed process would be restarted by Docker).
@@ -26,6 +28,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import struct
+import sys
 import time
 from importlib import metadata
 from typing import Any, cast
@@ -73,6 +78,26 @@ def engine_answers(url: str) -> bool:
     try:
         return bool(client(url, timeout=5).ping())
     except Exception:
+        return False
+
+
+def engine_shares_our_netns(url: str) -> bool:
+    """Does the engine run in this network namespace (so `--network host` means here)?
+
+    For a unix socket the engine's pid comes from SO_PEERCRED; a TCP engine is taken to be
+    local.  A simulated host's router must not end up in the root namespace just because
+    the machine's own dockerd socket is visible from every network namespace.
+    """
+    if not url.startswith("unix://"):
+        return True
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(url[len("unix://") :])
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
         return False
 
 
@@ -126,9 +151,13 @@ def _remove_stale(api: Any) -> None:
     api.remove_container(CONTAINER_NAME, force=True)
 
 
-def _binds(url: str, directory: str) -> tuple[list[str], str]:
+def _binds(url: str, directory: str, proxy: str) -> tuple[list[str], str]:
     """Bind mounts, and the DOCKER_HOST the router sees."""
     binds = [f"{directory}:{directory}"]
+    if proxy.startswith("unix://"):  # the proxy's socket must appear on the host
+        socket_dir = os.path.dirname(proxy[len("unix://") :]) or "/"
+        os.makedirs(socket_dir, exist_ok=True)
+        binds.append(f"{socket_dir}:{socket_dir}")
     inside = url
     if url.startswith("unix://"):
         binds.append(f"{url[len('unix://') :]}:{SOCKET_IN_CONTAINER}")
@@ -136,6 +165,14 @@ def _binds(url: str, directory: str) -> tuple[list[str], str]:
     if os.path.ismount("/run/netns"):
         binds.append("/run/netns:/run/netns:rslave")
     return binds, inside
+
+
+def _image_present(url: str) -> bool:
+    try:
+        client(url).inspect_image(image_name())
+    except Exception:
+        return False
+    return True
 
 
 def launch_container(router_args: list[str], password: str | None, url: str, proxy: str) -> str:
@@ -158,7 +195,7 @@ def launch_container(router_args: list[str], password: str | None, url: str, pro
             "or use weave launch --local"
         ) from exc
     _remove_stale(api)
-    binds, inside = _binds(url, directory)
+    binds, inside = _binds(url, directory, proxy)
     env = {"WEAVE_STATE_DIR": directory, "DOCKER_HOST": inside, "PYTHONUNBUFFERED": "1"}
     if password:
         env["WEAVE_PASSWORD"] = password
@@ -209,10 +246,19 @@ def launch(router_args: list[str], password: str | None, mode: str, proxy: str |
     from pyweave.cli.launch import launch as launch_local
 
     url = engine_url()
-    answers = engine_answers(url)
+    answers = engine_answers(url) and engine_shares_our_netns(url)
     if mode == "container" and not answers:
-        raise CliError(f"weave launch --container: no Docker engine answers at {url}")
+        raise CliError(
+            f"weave launch --container: no Docker engine answers at {url} in this network namespace"
+        )
     listen = DEFAULT_PROXY if proxy is None else proxy
+    if mode == "auto" and answers and not _image_present(url):
+        print(
+            f"weave: image {image_name()} not found (see docs/docker.md); "
+            "running the router as a host process",
+            file=sys.stderr,
+        )
+        mode = "local"
     if mode == "container" or (mode == "auto" and answers):
         return launch_container(router_args, password, url, listen)
     with contextlib.suppress(OSError):

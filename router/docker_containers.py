@@ -10,7 +10,8 @@ the Docker API proxy (`io/docker_proxy.py`) and watches the engine's container e
   read-only at `/.pyweave`.  `weavewait` polls `/proc/net/route` until `ethwe` carries
   an address, then `exec`s the original command — so the container's own process never
   runs without its weave address, also after a restart, which gets a fresh network
-  namespace.  The container gets the label `works.pyweave.wrapped`.
+  namespace.  The container gets the label `works.pyweave.wrapped=<our peer name>`, so
+  that of several routers sharing one engine only this one re-attaches it.
 * **Start** (through the proxy, answer held until done) and **start events** (restart
   policies, `docker restart`, `docker start` without the proxy) attach the container by
   running `weave attach [ADDR...] <id>` — the very code path a user runs, as Weave Net's
@@ -44,6 +45,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pyweave.router.core.names import format_peer_name
 from pyweave.router.io.docker_proxy import DockerProxy
 
 if TYPE_CHECKING:
@@ -126,16 +128,15 @@ def _own_network(host_config: dict[str, Any]) -> bool:
 
 class DockerContainers:
     def __init__(self, router: Router, config: DockerConfig) -> None:
-        import docker  # the SDK: only needed when the router knows an engine
-
         self.router = router
         self.config = config
-        self.client = docker.APIClient(base_url=config.api, timeout=30)
-        self.events_client = docker.APIClient(base_url=config.api, timeout=None)
+        self.client: Any = None  # Docker SDK APIClients, made in start(): they dial the engine
+        self.events_client: Any = None
         self.proxy = (
             DockerProxy(config.proxy_listen, config.api, self) if config.proxy_listen else None
         )
         self.wait_dir = os.path.join(router.config.state_dir, "weavewait")
+        self.label = format_peer_name(router.config.name)  # WRAPPED_LABEL's value
         self.attached_pid: dict[str, int] = {}
         self.dead: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -147,7 +148,12 @@ class DockerContainers:
     # -- start / stop --------------------------------------------------------------
 
     async def start(self) -> None:
+        import docker  # the SDK: only needed when the router knows an engine
+
         self._loop = asyncio.get_running_loop()
+        api = self.config.api
+        self.client = await asyncio.to_thread(docker.APIClient, base_url=api, timeout=30)
+        self.events_client = await asyncio.to_thread(docker.APIClient, base_url=api, timeout=None)
         self._write_wait_script()
         if self.proxy is not None:
             await self.proxy.start()
@@ -201,7 +207,7 @@ class DockerContainers:
         host_config["Binds"] = binds
         config["HostConfig"] = host_config
         labels = dict(config.get("Labels") or {})
-        labels[WRAPPED_LABEL] = "1"
+        labels[WRAPPED_LABEL] = self.label  # only this router re-attaches it
         config["Labels"] = labels
         return config
 
@@ -249,7 +255,7 @@ class DockerContainers:
         requested = weave_cidr(config.get("Env"))
         if requested == ["none"] or not _own_network(info.get("HostConfig") or {}):
             return None
-        wrapped = WRAPPED_LABEL in (config.get("Labels") or {})
+        wrapped = (config.get("Labels") or {}).get(WRAPPED_LABEL) == self.label
         if not (from_proxy or wrapped):
             return None
         return requested or []
@@ -325,6 +331,7 @@ class DockerContainers:
 
     async def _release(self, short: str) -> None:
         self.dead.pop(short, None)
+        self._locks.pop(short, None)
         record = self.router.attachments.remove(short)
         with contextlib.suppress(Exception):
             await self.router.api._dispatch("DELETE", f"/ip/{short}", None)
@@ -370,7 +377,8 @@ class DockerContainers:
             await self._adopt(short, info)
         try:
             wrapped = await asyncio.to_thread(
-                self.client.containers, filters={"label": WRAPPED_LABEL}
+                self.client.containers,
+                filters={"label": f"{WRAPPED_LABEL}={self.label}"},
             )
         except Exception as exc:
             log.warning("docker: cannot list containers: %s", exc)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -59,22 +59,30 @@ def docker_mesh(docker_images: tuple[Path, str]) -> Iterator[DockerMesh]:
     try:
         lab.up(launch=False)
         for i in (1, 2):
-            dockerd = Dockerd(f"{lab.prefix}h{i}", lab.netns(f"h{i}"))
-            hosts.append(DockerHost(lab, i, dockerd))
-            dockerd.start()
-            dockerd.load(tar)
+            hosts.append(DockerHost(lab, i, Dockerd(f"{lab.prefix}h{i}", lab.netns(f"h{i}"))))
+        _on_each(hosts, lambda h: (h.dockerd.start(), h.dockerd.load(tar)))
         mesh = DockerMesh(lab, hosts, base)
         for host in hosts:
             mesh.launch(host, "--container")
         mesh.wait_established()
         yield mesh
     finally:
-        started = time.monotonic()
-        for host in hosts:
-            host.weave("stop", check=False, timeout=60)
-            print(f"[{host.name}] weave stop: {time.monotonic() - started:.1f}s")
-            host.dockerd.stop()
-            print(f"[{host.name}] dockerd stop: {time.monotonic() - started:.1f}s")
+        _on_each(hosts, _tear_down)
         lab.down()
-        print(f"lab down: {time.monotonic() - started:.1f}s")
         assert not lab.namespaces(), f"namespaces left behind: {lab.namespaces()}"
+
+
+def _tear_down(host: DockerHost) -> None:
+    try:
+        host.weave("stop", check=False, timeout=60)
+    finally:
+        host.dockerd.stop()
+
+
+def _on_each(hosts: list[DockerHost], action: Callable[[DockerHost], object]) -> None:
+    """Run `action` on every host at once (loading images and removing data roots take
+    seconds each); re-raise the first failure after all have finished."""
+    with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
+        futures = [pool.submit(action, host) for host in hosts]
+    for future in futures:
+        future.result()

@@ -208,3 +208,43 @@ def test_router_restart_finds_containers_again(docker_mesh: DockerMesh) -> None:
             30,
             "h2 reaching survivor after the router restart",
         )
+
+
+def test_attach_and_detach_by_name_and_id(docker_mesh: DockerMesh) -> None:
+    h1 = docker_mesh.hosts[0]
+    h1.docker(
+        "run",
+        "-d",
+        "--name",
+        "plain",
+        "-e",
+        "WEAVE_CIDR=none",
+        docker_mesh.base,
+        "sleep",
+        "infinity",
+    )
+    assert h1.weave("attach", "10.2.1.20/16", "plain").strip() == "10.2.1.20"
+    assert h1.ethwe_cidrs("plain") == ["10.2.1.20/16"]
+    short = h1.engine("inspect", "-f", "{{.Id}}", "plain").stdout.strip()[:12]
+    assert "10.2.1.20/16" in h1.weave("ps", short)
+    assert h1.weave("detach", short).strip() == "10.2.1.20"
+    listing = h1.engine("exec", "plain", "ls", "/sys/class/net").stdout.split()
+    assert listing == ["lo"]
+    h1.docker("rm", "-f", "plain")
+
+
+def test_local_mode_with_docker(docker_mesh: DockerMesh) -> None:
+    """`--local`: a host process, still serving the proxy; `weave stop` stops it."""
+    h1 = docker_mesh.hosts[0]
+    h1.weave("stop")
+    try:
+        docker_mesh.launch(h1, "--local")
+        assert h1.engine("ps", "-a", "-q", "-f", "name=^weave$").stdout.strip() == ""
+        assert "Name: " in h1.weave("status")
+        assert _in_range(_run_d(docker_mesh, 1, "local1", "", "sleep", "infinity"))
+        h1.docker("rm", "-f", "local1")
+        h1.weave("stop")
+        assert "not running" in h1.sh("weave status", check=False).stderr
+    finally:
+        h1.weave("stop", check=False)
+        docker_mesh.launch(h1, "--container")
