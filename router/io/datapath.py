@@ -353,17 +353,28 @@ class DataPlane:
     def _relay(self, body: memoryview, hops: tuple[int, ...]) -> None:
         """Forward a body unchanged (re-sealed for each next link), cut if that link needs."""
         size = len(body)
+        frames = _count_records(body)
         for hop in hops:
             link = self.links_by_peer.get(hop)
             if link is None:
                 continue
-            self.counters.frames_relayed += 1
+            self.counters.frames_relayed += frames
             if size > link.max_body and (link.segment or size + link.overhead > MAX_UDP_PAYLOAD):
                 records = _records_of(body)
                 self._send_records(link, bytes(body[1:7]), _peer_of(body[7:13]), records)
                 continue
             self.send_buf[HEADER_SIZE : HEADER_SIZE + size] = body
             self._sendto(link.seal_into(self.send_buf, HEADER_SIZE + size), link.endpoint)
+
+
+def _count_records(body: memoryview) -> int:
+    count = 0
+    offset = FRAMES_PREFIX_SIZE
+    unpack_len = FRAME_LEN.unpack_from
+    while offset + FRAME_RECORD_OVERHEAD <= len(body):
+        offset += FRAME_RECORD_OVERHEAD + unpack_len(body, offset)[0]
+        count += 1
+    return count
 
 
 def _peer_of(raw: memoryview) -> int:
