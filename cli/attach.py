@@ -31,21 +31,15 @@ GSO_MAX_SIZE = 60000  # a sealed TCP super-frame must fit one 65,507-byte UDP da
 
 
 def parse_cidrs(args: list[str]) -> list[ipaddress.IPv4Interface]:
+    """Explicit addresses (CIDR or ip:CIDR) as interfaces; CliError for anything else."""
+    from pyweave.cli.ipam_cmds import parse_address
+
     cidrs: list[ipaddress.IPv4Interface] = []
     for arg in args:
-        text = arg[len("ip:") :] if arg.startswith("ip:") else arg
-        if text.startswith("net:"):
+        kind, cidr = parse_address(arg)
+        if kind != "ip" or cidr is None:
             raise CliError(f"{arg}: a subnet is not an address here; give CIDRs like 10.128.0.2/10")
-        if "/" not in text:
-            raise CliError(f"invalid address {arg!r}: expected CIDR notation like 10.128.0.2/10")
-        try:
-            iface = ipaddress.IPv4Interface(text)
-        except ValueError as exc:
-            raise CliError(f"invalid address {arg!r}: {exc}") from exc
-        net = iface.network
-        if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
-            raise CliError(f"invalid address {arg!r}: network or broadcast address of {net}")
-        cidrs.append(iface)
+        cidrs.append(ipaddress.IPv4Interface(cidr))
     return cidrs
 
 
@@ -168,13 +162,40 @@ def attach(container: Container, cidr_args: list[str]) -> list[str]:
     return [str(c.ip) for c in cidrs]
 
 
+def _subnet_of(arg: str) -> ipaddress.IPv4Network:
+    """The subnet a `net:CIDR` / `net:default` spec names (default: asked of the router)."""
+    from pyweave.cli.ipam_cmds import parse_address
+
+    _, cidr = parse_address(arg)
+    if cidr is None:
+        status = api_client.call("GET", "/status")
+        ipam = status.get("ipam") if isinstance(status, dict) else None
+        if not isinstance(ipam, dict) or not ipam.get("default_subnet"):
+            raise CliError(f"{arg}: IP address allocation is not enabled on this router")
+        cidr = str(ipam["default_subnet"])
+    return ipaddress.IPv4Network(cidr, strict=False)
+
+
+def _addresses_to_remove(existing: list[str], args: list[str]) -> list[str]:
+    """Explicit CIDRs, and every address inside a `net:` subnet; all of them if none given."""
+    if not args:
+        return existing
+    nets = [_subnet_of(a) for a in args if a.startswith("net:")]
+    remove = [str(c) for c in parse_cidrs([a for a in args if not a.startswith("net:")])]
+    for cidr in existing:
+        if any(ipaddress.IPv4Interface(cidr).ip in net for net in nets) and cidr not in remove:
+            remove.append(cidr)
+    if nets and not remove:
+        raise CliError(f"no address of the container is in {', '.join(map(str, nets))}")
+    return remove
+
+
 def detach(container: Container, cidr_args: list[str]) -> list[str]:
-    cidrs = parse_cidrs(cidr_args)
     current = _container_link(container)
     if current is None:
         raise CliError(f"container {container.id} is not attached to weave")
     mac, existing = current
-    remove = [str(c) for c in cidrs] if cidrs else existing
+    remove = _addresses_to_remove(existing, cidr_args)
     missing = [c for c in remove if c not in existing]
     if missing:
         raise CliError(f"container {container.id} does not have address {missing[0]}")

@@ -37,7 +37,7 @@ from typing import Any, cast
 
 from pyweave.cli import api_client
 from pyweave.cli.errors import CliError
-from pyweave.cli.launch import LAUNCH_TIMEOUT, POLL, running_pid, state_dir
+from pyweave.cli.launch import LAUNCH_TIMEOUT, POLL, prepare_state_dir, state_dir
 from pyweave.router.api_types import Status
 
 CONTAINER_NAME = "weave"
@@ -178,13 +178,7 @@ def _image_present(url: str) -> bool:
 def launch_container(router_args: list[str], password: str | None, url: str, proxy: str) -> str:
     import docker.errors
 
-    directory = os.path.abspath(state_dir())
-    os.makedirs(directory, exist_ok=True)
-    pid = running_pid(directory)
-    if pid is not None:
-        raise CliError(f"weave router is already running (pid {pid}, state dir {directory})")
-    if api_client.is_up(timeout=0.5):
-        raise CliError("another weave router already answers on this namespace's API port")
+    directory = prepare_state_dir()
     api = client(url)
     image = image_name()
     try:

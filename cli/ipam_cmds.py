@@ -163,12 +163,19 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def _delete_bridge() -> None:
+    """Delete the bridge and every veth plugged into it (which takes the containers'
+    `ethwe` with it: their addresses have been handed to other peers)."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=BRIDGE)
-        if found:
-            ipr.link("del", index=found[0])
+        if not found:
+            return
+        for link in ipr.get_links():
+            if link.get_attr("IFLA_MASTER") == found[0] and link.get_attr("IFLA_LINKINFO"):
+                with contextlib.suppress(Exception):
+                    ipr.link("del", index=link["index"])
+        ipr.link("del", index=found[0])
 
 
 def _bridge_addrs() -> tuple[int, list[str]]:

@@ -70,14 +70,20 @@ def _log_tail(path: str) -> str:
     return lines[-1] if lines else "no log"
 
 
-def launch(router_args: list[str], password: str | None) -> str:
-    directory = state_dir()
+def prepare_state_dir() -> str:
+    """The state directory, created; CliError if a router already runs here."""
+    directory = os.path.abspath(state_dir())
     os.makedirs(directory, exist_ok=True)
     pid = running_pid(directory)
     if pid is not None:
         raise CliError(f"weave router is already running (pid {pid}, state dir {directory})")
     if api_client.is_up(timeout=0.5):
         raise CliError("another weave router already answers on this namespace's API port")
+    return directory
+
+
+def launch(router_args: list[str], password: str | None) -> str:
+    directory = prepare_state_dir()
     log_path = os.path.join(directory, "weave.log")
     env = dict(os.environ)
     if password:

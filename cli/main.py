@@ -10,6 +10,7 @@ status 1; argparse's multi-line usage errors are folded into the same shape.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -60,7 +61,7 @@ def _launch_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--no-discovery", action="store_true")
     p.add_argument("--conn-limit", type=int, default=100)
     p.add_argument("--trusted-subnets", default="")
-    p.add_argument("--mtu", type=int, default=int(os.environ.get("WEAVE_MTU") or 1376))
+    p.add_argument("--mtu", default=os.environ.get("WEAVE_MTU") or "1376")
     # -- docker (cli/docker_launch.py) --
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -149,8 +150,8 @@ def _validate_launch(args: argparse.Namespace) -> None:
             raise CliError(str(exc)) from exc
     if not 0 < args.port < 65536:
         raise CliError(f"invalid --port {args.port}")
-    if not 576 <= args.mtu <= 65535:
-        raise CliError(f"invalid MTU {args.mtu}: expected 576..65535")
+    if not str(args.mtu).isdigit() or not 576 <= int(args.mtu) <= 65535:
+        raise CliError(f"invalid MTU {args.mtu!r} (--mtu or WEAVE_MTU): expected 576..65535")
     import ipaddress
 
     for cidr in filter(None, args.trusted_subnets.split(",")):
@@ -263,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `weave report | head`: the reader went away, nothing to say
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def ensure_bridge(name: str, mtu: int, mac: str) -> str:
             index = _index(ipr, name)
             if index is None:
                 raise OSError(f"bridge {name} vanished right after creation")
-        ipr.link("set", index=index, address=mac)
+        ipr.link("set", index=index, address=mac, mtu=mtu)
         ipr.link("set", index=index, state="up")
         link = ipr.get_links(index)[0]
         return str(link.get_attr("IFLA_ADDRESS"))
