@@ -148,6 +148,8 @@ def _validate_launch(args: argparse.Namespace) -> None:
             parse_peer_name(args.name)
         except BadPeerName as exc:
             raise CliError(str(exc)) from exc
+    if args.conn_limit < 0:
+        raise CliError(f"invalid --conn-limit {args.conn_limit}: expected 0 (no limit) or more")
     if not 0 < args.port < 65536:
         raise CliError(f"invalid --port {args.port}")
     if not str(args.mtu).isdigit() or not 576 <= int(args.mtu) <= 65535:

@@ -296,6 +296,9 @@ class ConnectionManager:
                 self.dialing.discard(target)
             channel.close(refusal)
             log.info("connection %s refused: %s", conn.mesh_address, refusal)
+            if target is None:  # the dialer sees the reason; show it on this side too
+                host, port = channel.remote
+                self.inbound_failures.record(f"{host}:{port}", host, refusal, now)
             return
         self.connections[hello.name] = conn
         self.add_link(link)

@@ -288,8 +288,7 @@ class Router:
                         push_unicast(effect.channel, effect.source, effect.dest, effect.payload)
                     )
             elif isinstance(effect, Dial):
-                if len(self.connections.connections) < self.config.conn_limit:
-                    self.connections.dial(effect.address)
+                self.connections.dial(effect.address)  # the mesh enforces --conn-limit
             elif isinstance(effect, DropConnection):
                 self.connections.drop_matching(
                     effect.peer_name, effect.peer_uid, effect.address, effect.reason

@@ -48,7 +48,7 @@ def lab() -> Iterator[LabFactory]:
         launch: bool = True,
     ) -> Lab:
         if launch and not weave_cli_ready():
-            pytest.skip("`weave launch` is not available yet")
+            pytest.fail("`weave launch --help` does not work: the CLI is broken")
         net = Lab(prefix or f"{_BASE}{next(_counter)}-", hosts, containers, password)
         net.down()  # leftovers of a crashed earlier run
         made.append(net)
