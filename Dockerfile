@@ -7,7 +7,7 @@
 #       bookworm rootfs http://deb.debian.org/debian
 #   tar -C rootfs -c . | docker import - pyweave/base:bookworm
 #   docker build --network host --build-arg BASE=pyweave/base:bookworm -t pyweave/weave:0.1.0 .
-# pip fetches cryptography, pyroute2, python-pytun and docker as wheels from PyPI; it trusts
+# pip fetches cryptography, pyroute2 and docker as wheels from PyPI; it trusts
 # the CA bundle at PIP_CERT inside the build (copy your machine's bundle into the base
 # image if your network intercepts TLS).
 ARG BASE=pyweave/base:bookworm

@@ -84,6 +84,13 @@ def _launch_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         help="Docker API proxy address (default tcp://127.0.0.1:12375)",
     )
     p.add_argument("--no-proxy", action="store_true", help="no Docker API proxy")
+    p.add_argument(
+        "--container-release-delay",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="free a stopped container's addresses after this long (default 30)",
+    )
     # -- end docker --
     p.add_argument("peers", nargs="*", metavar="PEER")
 
@@ -136,6 +143,7 @@ def _router_args(args: argparse.Namespace) -> list[str]:
     if args.trusted_subnets:
         argv += ["--trusted-subnets", args.trusted_subnets]
     argv += ipam_router_args(args)  # IPAM
+    argv += ["--container-release-delay", str(args.container_release_delay)]  # docker
     return [*argv, "--", *args.peers]
 
 
@@ -152,6 +160,8 @@ def _validate_launch(args: argparse.Namespace) -> None:
         raise CliError(f"invalid --conn-limit {args.conn_limit}: expected 0 (no limit) or more")
     if not 0 < args.port < 65536:
         raise CliError(f"invalid --port {args.port}")
+    if not args.container_release_delay >= 0:  # also refuses nan
+        raise CliError(f"invalid --container-release-delay {args.container_release_delay}")
     if not str(args.mtu).isdigit() or not 576 <= int(args.mtu) <= 65535:
         raise CliError(f"invalid MTU {args.mtu!r} (--mtu or WEAVE_MTU): expected 576..65535")
     import ipaddress

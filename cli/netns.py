@@ -1,7 +1,8 @@
 """Containers and their network namespaces.
 
 Theory of operation: a *container spec* names a network namespace three ways — a Docker
-container (name or ID, resolved to its init PID through the Docker SDK), `netns:NAME` (a
+container (name or ID, resolved to its init PID through the Docker SDK, talking to the
+engine itself: ORIG_DOCKER_HOST when `weave proxy-env` set it), `netns:NAME` (a
 named namespace under /run/netns, as `ip netns add` makes) or `pid:PID` (any process).
 `resolve` turns a spec into a `Container` with the path of its namespace file and the id
 `weave ps` shows.  `entered(path)` switches this thread into a namespace and back with
@@ -92,8 +93,10 @@ def _resolve_docker(ref: str) -> Container:
     try:
         import docker  # the Docker SDK; only needed for Docker containers
         from docker.errors import DockerException, NotFound
+        from pyweave.cli.docker_launch import engine_url
 
-        client = docker.from_env()
+        # the engine itself, not the proxy `eval $(weave proxy-env)` pointed DOCKER_HOST at
+        client = docker.from_env(environment={**os.environ, "DOCKER_HOST": engine_url()})
     except Exception as exc:
         raise CliError(
             f"container {ref!r}: Docker is not reachable ({exc}); "

@@ -15,7 +15,9 @@ every `POLL` seconds, until served or their deadline passes; then they return th
 they are still waiting.  Once a second the reachable peers (from the mesh's routes) are
 passed in, and every `LIVENESS_INTERVAL` seconds the containers holding addresses are
 checked: a `netns:NAME` whose namespace file is gone, or a `pid:N` whose process is gone,
-releases its addresses.
+releases its addresses.  Docker containers (`docker:ID`) are not polled here: the Docker
+watcher (router/docker_containers.py) frees theirs with `DELETE /ip/<id>` when a container
+dies (after its restart grace period) or is removed.
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ def container_alive(spec: str) -> bool:
         return os.path.exists(os.path.join("/run/netns", spec.removeprefix("netns:")))
     if spec.startswith("pid:"):
         return os.path.exists(f"/proc/{spec.removeprefix('pid:')}")
-    return True  # weave:expose; Docker containers are checked once Docker support lands
+    # weave:expose is always alive; docker:ID is released by the Docker watcher
+    # (router/docker_containers.py calls DELETE /ip/<id> when the container dies or goes)
+    return True
 
 
 class IpamService:

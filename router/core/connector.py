@@ -132,6 +132,7 @@ class Target:
     peer: int | None = None
     connected_at: float | None = None
     was_connected: bool = False  # it was connected once: failures show as retrying
+    own_loss: bool = False  # its own connection just failed: keep the backoff (see update)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +223,9 @@ class Connector:
         self._discovered = set(discovered) if self.discovery else set()
         lost = self._connected_peers - frozenset(connected_peers)
         for target in self._targets.values():
+            own_loss, target.own_loss = target.own_loss, False
+            if own_loss:
+                continue  # the lost connection was this target's: its backoff stands
             if target.state == "waiting" and target.peer in lost and target.try_after is not None:
                 target.try_after = float("-inf")  # its peer just went: try it again now
         self._connected_peers = frozenset(connected_peers)
@@ -247,6 +251,7 @@ class Connector:
         if target is None:
             return
         lasted = now - target.connected_at if target.connected_at is not None else 0.0
+        target.own_loss = target.connected_at is not None
         target.was_connected = target.was_connected or target.connected_at is not None
         target.state = "waiting"
         target.last_error = reason

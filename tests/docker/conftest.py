@@ -4,13 +4,16 @@ Theory of operation: `docker_images` (session) makes sure the base and router im
 built and cached (tests/docker/docker_env.py) and returns the tar to load.  `docker_mesh`
 (module) builds a two-host lab without routers (`weave lab up --no-launch`, namespaces
 `h10d<n>-h1`, `-h2` on the TEST-NET underlay 192.0.2.0/24), starts one dockerd inside each
-host, loads the images, and runs `weave launch --container` on both (h2 joining h1).
+host, loads the images, and runs plain `weave launch` on both (h2 joining h1) — no
+`--container`: with DOCKER_HOST at the host's own dockerd, the router must become the
+container `weave` by itself (tests/docker/test_docker_e2e.py checks that it did).
 Tests talk to a host through `DockerHost`: `sh` runs a shell command inside the host with
 the real engine as DOCKER_HOST, `docker` runs the docker CLI *through the weave proxy*
 (DOCKER_HOST as `weave proxy-env` printed it), `engine` runs it against the engine itself.
 Teardown stops the routers, removes every container, stops each dockerd by its PID,
 removes the lab and fails if any of its namespaces remain.  Tests skip, with the reason,
-only when no dockerd can run here.
+only when no dockerd can run here — and fail instead when PYWEAVE_REQUIRE_DOCKER=1
+(tests/run-all.sh as root), so a broken setup never passes as skipped.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def docker_mesh(docker_images: tuple[Path, str]) -> Iterator[DockerMesh]:
         _on_each(hosts, lambda h: (h.dockerd.start(), h.dockerd.load(tar)))
         mesh = DockerMesh(lab, hosts, base)
         for host in hosts:
-            mesh.launch(host, "--container")
+            mesh.launch(host)  # plain `weave launch`: Docker answers, so a container
         mesh.wait_established()
         yield mesh
     finally:

@@ -93,6 +93,14 @@ class DockerMesh:
         peers = [] if host.index == 1 else [self.lab.underlay_addr(1)]
         return host.weave("launch", "--nickname", host.name, *extra, *peers).strip()
 
+    def relaunch(self, host: DockerHost, *extra: str) -> str:
+        """`weave stop` whatever router runs on `host`, `launch` it with `extra`, and wait
+        for h1 and h2 to be connected again."""
+        host.weave("stop", check=False)
+        name = self.launch(host, *extra)
+        self.wait_established()
+        return name
+
     def wait_established(self) -> None:
         wait_until(
             lambda: "established" in self.hosts[0].weave("status", "connections", check=False),

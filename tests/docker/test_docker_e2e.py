@@ -3,6 +3,10 @@
 Every `docker` call here goes through the weave proxy (`host.docker`) unless it is
 `host.engine`, which talks to the engine directly to observe what happened.  The tests
 share one two-host mesh per module and so use distinct container names and addresses.
+The mesh's routers were started by plain `weave launch` (conftest.py); tests that launch
+h1 differently (`--local`, another image, proxy address or release delay) put it back as
+it was before they end.  `client`, a container on h2, is there for the whole module, so
+every cross-host check runs.
 """
 
 from __future__ import annotations
@@ -10,15 +14,18 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from collections.abc import Iterator
 
 import pytest
-from docker_hosts import DockerHost, DockerMesh
+from docker_hosts import DockerMesh
 from helpers import wait_until
+from pyweave.cli import docker_launch
 
 pytestmark = pytest.mark.docker
 
 RANGE = ipaddress.ip_network("10.128.0.0/10")  # weave launch's default --ipalloc-range
 # explicit WEAVE_CIDR addresses lie outside the IPAM range, so no peer's range is claimed
+MISSING_IMAGE = "pyweave/weave:no-such-tag"
 
 
 def _run_d(mesh: DockerMesh, host: int, name: str, cidr: str, *cmd: str) -> str:
@@ -44,17 +51,45 @@ def _attachments(mesh: DockerMesh, host: int) -> dict[str, list[str]]:
     return {a["container"]: a["cidrs"] for a in doc["attachments"]}
 
 
+@pytest.fixture(scope="module")
+def client(docker_mesh: DockerMesh) -> Iterator[str]:
+    """The container `client` on h2 (IPAM address), for the module's cross-host checks."""
+    yield _run_d(docker_mesh, 2, "client", "", "sleep", "infinity")
+    docker_mesh.hosts[1].engine("rm", "-f", "client", check=False)
+
+
+def _h2_reaches(mesh: DockerMesh, cidr: str, what: str, timeout: float = 30) -> None:
+    ip = cidr.split("/")[0]
+    h2 = mesh.hosts[1]
+    wait_until(
+        lambda: h2.engine("exec", "client", "ping", "-c1", "-W1", ip, check=False).returncode == 0,
+        timeout,
+        what,
+    )
+
+
+def _no_router_container(mesh: DockerMesh, host: int = 1) -> bool:
+    return mesh.hosts[host - 1].engine("ps", "-a", "-q", "-f", "name=^weave$").stdout.strip() == ""
+
+
 def test_router_runs_as_a_container(docker_mesh: DockerMesh) -> None:
+    """Plain `weave launch` (no --container), DOCKER_HOST at the host's dockerd: the
+    router runs as the container `weave` on both hosts, from the default image."""
+    for host in docker_mesh.hosts:
+        info = json.loads(host.engine("inspect", "weave").stdout)[0]
+        assert info["State"]["Running"]
+        assert info["Config"]["Image"] == docker_launch.image_name()
+        host_config = info["HostConfig"]
+        assert host_config["NetworkMode"] == "host"
+        assert host_config["PidMode"] == "host"
+        assert not host_config["Privileged"]
+        caps = {c.removeprefix("CAP_") for c in host_config["CapAdd"]}
+        assert {"NET_ADMIN", "SYS_ADMIN"} <= caps
+        assert host_config["RestartPolicy"]["Name"] == "always"
+        record = json.loads((host.lab.state_dir(host.index) / "launch.json").read_text())
+        assert record["mode"] == "container" and record["engine"] == host.dockerd.url
+        assert "Name: " in host.weave("status")
     h1 = docker_mesh.hosts[0]
-    info = json.loads(h1.engine("inspect", "weave").stdout)[0]
-    assert info["State"]["Running"]
-    host_config = info["HostConfig"]
-    assert host_config["NetworkMode"] == "host"
-    assert host_config["PidMode"] == "host"
-    assert not host_config["Privileged"]
-    assert {"NET_ADMIN", "SYS_ADMIN"} <= {c.removeprefix("CAP_") for c in host_config["CapAdd"]}
-    assert host_config["RestartPolicy"]["Name"] == "always"
-    assert "Name: " in h1.weave("status")
     env = h1.weave("proxy-env").strip()
     assert env.startswith("export DOCKER_HOST=tcp://127.0.0.1:12375 ORIG_DOCKER_HOST=")
     assert h1.weave("env").strip() == env
@@ -79,19 +114,12 @@ def test_ethwe_is_there_before_the_command_starts(docker_mesh: DockerMesh) -> No
     assert host_net.returncode == 0
 
 
-def test_cross_host_ping_and_http(docker_mesh: DockerMesh) -> None:
+def test_cross_host_ping_and_http(docker_mesh: DockerMesh, client: str) -> None:
     web = _run_d(docker_mesh, 1, "web", "", "python3", "-m", "http.server", "8080")
-    client = _run_d(docker_mesh, 2, "client", "", "sleep", "infinity")
     assert _in_range(web) and _in_range(client) and web != client
     web_ip = web.split("/")[0]
     h2 = docker_mesh.hosts[1]
-    wait_until(
-        lambda: (
-            h2.engine("exec", "client", "ping", "-c1", "-W1", web_ip, check=False).returncode == 0
-        ),
-        30,
-        "client on h2 pinging web on h1",
-    )
+    _h2_reaches(docker_mesh, web, "client on h2 pinging web on h1")
     fetch = (
         f"import urllib.request as u; print(u.urlopen('http://{web_ip}:8080/', timeout=5).status)"
     )
@@ -103,22 +131,14 @@ def test_cross_host_ping_and_http(docker_mesh: DockerMesh) -> None:
     assert out == "200"
 
 
-def test_restart_keeps_the_address(docker_mesh: DockerMesh) -> None:
-    h1, h2 = docker_mesh.hosts
+def test_restart_keeps_the_address(docker_mesh: DockerMesh, client: str) -> None:
+    h1 = docker_mesh.hosts[0]
     address = _run_d(docker_mesh, 1, "keeper", "", "sleep", "infinity")
     h1.docker("restart", "-t", "1", "keeper")  # through the proxy: answered once attached
     assert h1.ethwe_cidrs("keeper") == [address]
     h1.engine("restart", "-t", "1", "keeper")  # past the proxy: the start event re-attaches
     wait_until(lambda: h1.ethwe_cidrs("keeper") == [address], 20, "keeper re-attached")
-    if _running(h2, "client"):
-        ip = address.split("/")[0]
-        wait_until(
-            lambda: (
-                h2.engine("exec", "client", "ping", "-c1", "-W1", ip, check=False).returncode == 0
-            ),
-            20,
-            "h2 reaching the restarted container",
-        )
+    _h2_reaches(docker_mesh, address, "h2 reaching the restarted container", 20)
 
 
 def test_rm_frees_the_address(docker_mesh: DockerMesh) -> None:
@@ -179,16 +199,12 @@ def test_streams_pass_through_unchanged(docker_mesh: DockerMesh) -> None:
     h1.docker("rm", "-f", "talker")
 
 
-def _running(host: DockerHost, name: str) -> bool:
-    return name in host.engine("ps", "--format", "{{.Names}}").stdout.split()
-
-
-def test_router_restart_finds_containers_again(docker_mesh: DockerMesh) -> None:
-    h1, h2 = docker_mesh.hosts
+def test_router_restart_finds_containers_again(docker_mesh: DockerMesh, client: str) -> None:
+    h1 = docker_mesh.hosts[0]
     survivor = _run_d(docker_mesh, 1, "survivor", "", "sleep", "infinity")
     sleeper = _run_d(docker_mesh, 1, "sleeper", "", "sleep", "infinity")
     h1.weave("stop")
-    assert h1.engine("ps", "-a", "-q", "-f", "name=^weave$").stdout.strip() == ""
+    assert _no_router_container(docker_mesh)
     h1.engine("restart", "-t", "1", "sleeper")  # restarted while the router is away
     docker_mesh.launch(h1, "--container")
     docker_mesh.wait_established()
@@ -197,17 +213,7 @@ def test_router_restart_finds_containers_again(docker_mesh: DockerMesh) -> None:
     for name in ("survivor", "sleeper"):
         short = h1.engine("inspect", "-f", "{{.Id}}", name).stdout.strip()[:12]
         assert short in ps
-    if _running(h2, "client"):
-        wait_until(
-            lambda: (
-                h2.engine(
-                    "exec", "client", "ping", "-c1", "-W1", survivor.split("/")[0], check=False
-                ).returncode
-                == 0
-            ),
-            30,
-            "h2 reaching survivor after the router restart",
-        )
+    _h2_reaches(docker_mesh, survivor, "h2 reaching survivor after the router restart")
 
 
 def test_attach_and_detach_by_name_and_id(docker_mesh: DockerMesh) -> None:
@@ -223,10 +229,13 @@ def test_attach_and_detach_by_name_and_id(docker_mesh: DockerMesh) -> None:
         "sleep",
         "infinity",
     )
-    assert h1.weave("attach", "10.2.1.20/16", "plain").strip() == "10.2.1.20"
+    # the CLI asks the engine (ORIG_DOCKER_HOST), never the proxy: with DOCKER_HOST at a
+    # dead address, as `eval $(weave proxy-env)` would have it but with nothing there
+    attach = f"DOCKER_HOST=tcp://127.0.0.1:9 ORIG_DOCKER_HOST={h1.dockerd.url} weave attach"
+    assert h1.sh(f"{attach} 10.2.1.20/16 plain").stdout.strip() == "10.2.1.20"
     assert h1.ethwe_cidrs("plain") == ["10.2.1.20/16"]
     short = h1.engine("inspect", "-f", "{{.Id}}", "plain").stdout.strip()[:12]
-    assert "10.2.1.20/16" in h1.weave("ps", short)
+    assert "10.2.1.20/16" in h1.sh(f'eval "$(weave proxy-env)"; weave ps {short}').stdout
     assert h1.weave("detach", short).strip() == "10.2.1.20"
     listing = h1.engine("exec", "plain", "ls", "/sys/class/net").stdout.split()
     assert listing == ["lo"]
@@ -239,12 +248,72 @@ def test_local_mode_with_docker(docker_mesh: DockerMesh) -> None:
     h1.weave("stop")
     try:
         docker_mesh.launch(h1, "--local")
-        assert h1.engine("ps", "-a", "-q", "-f", "name=^weave$").stdout.strip() == ""
+        assert _no_router_container(docker_mesh)
         assert "Name: " in h1.weave("status")
         assert _in_range(_run_d(docker_mesh, 1, "local1", "", "sleep", "infinity"))
         h1.docker("rm", "-f", "local1")
         h1.weave("stop")
         assert "not running" in h1.sh("weave status", check=False).stderr
     finally:
-        h1.weave("stop", check=False)
-        docker_mesh.launch(h1, "--container")
+        docker_mesh.relaunch(h1)
+
+
+def test_missing_image_and_stopping_twice(docker_mesh: DockerMesh) -> None:
+    """`weave stop` twice in container mode; WEAVE_IMAGE naming a missing tag: plain
+    launch warns and runs a host process, `--container` fails with one line."""
+    h1 = docker_mesh.hosts[0]
+    try:
+        h1.weave("stop")  # the container, started by plain `weave launch`
+        assert _no_router_container(docker_mesh)
+        again = h1.sh("weave stop", check=False)
+        assert (again.returncode, again.stderr) == (1, "weave: weave router is not running\n")
+        missing = f"WEAVE_IMAGE={MISSING_IMAGE} weave launch --nickname h1"
+        plain = h1.sh(missing)
+        assert f"weave: image {MISSING_IMAGE} not found" in plain.stderr
+        assert "running the router as a host process" in plain.stderr
+        assert _no_router_container(docker_mesh)
+        assert "Name: " in h1.weave("status")
+        h1.weave("stop")
+        forced = h1.sh(f"{missing} --container", check=False)
+        assert forced.returncode == 1, forced
+        assert forced.stdout == ""
+        assert forced.stderr.count("\n") == 1, forced.stderr
+        assert forced.stderr.startswith(f"weave: image {MISSING_IMAGE} not found"), forced.stderr
+        assert _no_router_container(docker_mesh)
+        assert "not running" in h1.sh("weave status", check=False).stderr
+    finally:
+        docker_mesh.relaunch(h1)
+
+
+def test_docker_stop_frees_the_address_after_the_grace_period(docker_mesh: DockerMesh) -> None:
+    h1 = docker_mesh.hosts[0]
+    docker_mesh.relaunch(h1, "--container", "--container-release-delay", "2")
+    try:
+        address = _run_d(docker_mesh, 1, "napper", "", "sleep", "infinity")
+        short = h1.engine("inspect", "-f", "{{.Id}}", "napper").stdout.strip()[:12]
+        h1.docker("stop", "-t", "0", "napper")
+        assert short in _attachments(docker_mesh, 1)  # not at once: within the grace period
+        wait_until(lambda: short not in _attachments(docker_mesh, 1), 20, "napper released")
+        assert short not in h1.weave("ps")
+        # IPAM released it: another container may claim exactly that address now
+        assert _run_d(docker_mesh, 1, "napper2", address, "sleep", "infinity") == address
+    finally:
+        h1.engine("rm", "-f", "napper", "napper2", check=False)
+        docker_mesh.relaunch(h1)
+
+
+def test_proxy_on_a_unix_socket(docker_mesh: DockerMesh) -> None:
+    h1 = docker_mesh.hosts[0]
+    sock = h1.lab.state_dir(1) / "proxy" / "weave.sock"
+    docker_mesh.relaunch(h1, "--container", "--proxy-listen", f"unix://{sock}")
+    try:
+        assert sock.is_socket()  # made in the container, there on the host
+        env = h1.weave("proxy-env").strip()
+        assert env == f"export DOCKER_HOST=unix://{sock} ORIG_DOCKER_HOST={h1.dockerd.url}"
+        run = (
+            f'eval "$(weave proxy-env)" && docker run --rm {docker_mesh.base} '
+            "ip -4 -o addr show dev ethwe"
+        )
+        assert _in_range(h1.sh(run).stdout.split()[3])
+    finally:
+        docker_mesh.relaunch(h1)

@@ -1,35 +1,59 @@
-"""IPAM with real routers: concurrent allocation on 3 hosts, restarts, partitions, rmpeer.
+"""IPAM with real routers: concurrent allocation on 3 hosts, restarts, partitions, rmpeer,
+expose/hide, prime and status, the default subnet.
 
 Extra containers are plain namespaces named like the lab's own (`{P}h{i}c{j}`), so
-`weave lab down` removes them with the rest.
+`weave lab down` removes them with the rest.  Timings worth knowing are printed (run
+with `-s` to see them).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from conftest import LabFactory
-from helpers import Lab
+from helpers import Lab, ipv4_cidrs, link_info
 from pyweave.cli.lab import weave_argv
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(400)]
 
 PER_HOST = 50
+# Runs in a host: `weave attach netns:NAME` (no address: IPAM) for every NAME at once, each
+# a real CLI process; prints {name: "IP" | "ERROR ..."} as JSON.
+ATTACH_SCRIPT = r"""
+import json, subprocess, sys
+weave, names = json.loads(sys.argv[1]), sys.argv[2:]
+procs = {
+    n: subprocess.Popen([*weave, "attach", "netns:" + n], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    for n in names
+}
+result = {}
+for n, p in procs.items():
+    out, err = p.communicate(timeout=120)
+    result[n] = out.strip() if p.returncode == 0 else "ERROR " + err.strip()
+print(json.dumps(result))
+"""
+# Runs in a container: ping every address once, all in parallel; prints the failures.
+PING_ALL = 'for a in "$@"; do (ping -n -q -c1 -W2 "$a" >/dev/null 2>&1 || echo "$a") & done; wait'
+# Runs in a host: allocate (POST /ip) in SUBNET for every NAME at once, through the API.
+# The holders' liveness spec is this process: alive while we look at the result.
 ALLOC_SCRIPT = r"""
-import json, sys, time, http.client
+import json, os, sys, time, http.client
 from concurrent.futures import ThreadPoolExecutor
 
 def one(name):
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 60
     while True:
         conn = http.client.HTTPConnection("127.0.0.1", 6784, timeout=30)
-        body = json.dumps({"spec": "netns:" + name, "wait": 5})
+        body = json.dumps({"spec": f"pid:{os.getpid()}", "wait": 5, "subnet": sys.argv[1]})
         conn.request("POST", "/ip/" + name, body, {"Content-Type": "application/json"})
         response = conn.getresponse()
         doc = json.loads(response.read())
@@ -39,7 +63,7 @@ def one(name):
         if response.status != 503 or time.monotonic() > deadline:
             return "ERROR " + doc.get("error", "")
 
-names = sys.argv[1:]
+names = sys.argv[2:]
 with ThreadPoolExecutor(len(names)) as pool:
     print(json.dumps(dict(zip(names, pool.map(one, names)))))
 """
@@ -52,10 +76,23 @@ def add_containers(net: Lab, host: int, first: int, count: int) -> list[str]:
     return names
 
 
-def allocate_in_parallel(net: Lab, host: int, names: list[str]) -> dict[str, str]:
-    result = net.exec(f"h{host}", sys.executable, "-c", ALLOC_SCRIPT, *names, timeout=180)
+def attach_in_parallel(net: Lab, host: int, names: list[str]) -> dict[str, str]:
+    argv = json.dumps(weave_argv())
+    result = net.exec(f"h{host}", sys.executable, "-c", ATTACH_SCRIPT, argv, *names, timeout=180)
     got: dict[str, str] = json.loads(result.stdout)
     return got
+
+
+def allocate_in_parallel(net: Lab, host: int, subnet: str, names: list[str]) -> dict[str, str]:
+    script = [sys.executable, "-c", ALLOC_SCRIPT, subnet, *names]
+    got: dict[str, str] = json.loads(net.exec(f"h{host}", *script, timeout=120).stdout)
+    return got
+
+
+def unreachable_from(net: Lab, src: str, addresses: list[str]) -> list[str]:
+    """The addresses `src` cannot ping (one ping each, all at once)."""
+    result = net.exec(src, "sh", "-c", PING_ALL, "ping-all", *addresses, timeout=60)
+    return result.stdout.split()
 
 
 def ipam_status(net: Lab, host: str) -> dict[str, Any]:
@@ -74,30 +111,54 @@ def attach(net: Lab, host: str, *args: str, check: bool = True) -> subprocess.Co
 
 
 def test_three_hosts_allocate_fifty_each_concurrently(lab: LabFactory) -> None:
+    """150 real `weave attach netns:X` (50 per host, all at once on all three hosts): all
+    distinct, and every one pingable from a container on another host."""
     net = lab(hosts=3, containers=1)
+    started = time.monotonic()
     names = {h: add_containers(net, h, 2, PER_HOST) for h in (1, 2, 3)}
+    made = time.monotonic()
     with ThreadPoolExecutor(3) as pool:
-        done = pool.map(lambda h: allocate_in_parallel(net, h, names[h]), names)
+        done = pool.map(lambda h: attach_in_parallel(net, h, names[h]), names)
         results = dict(zip(names, done, strict=True))
-    addresses = [cidr for got in results.values() for cidr in got.values()]
-    assert not [a for a in addresses if a.startswith("ERROR")], addresses
-    assert len(addresses) == 3 * PER_HOST
-    ips = [a.split("/")[0] for a in addresses]
+    attached = time.monotonic()
+    ips = [ip for got in results.values() for ip in got.values()]
+    assert not [a for a in ips if a.startswith("ERROR")], ips
+    assert len(ips) == 3 * PER_HOST
     lab_ips = [net.addr(h, 1) for h in (1, 2, 3)]
     assert len(set(ips + lab_ips)) == len(ips) + 3, "an address was handed out twice"
-    assert all(a.endswith("/10") for a in addresses)
-    # a sample gets real interfaces (claiming what it already holds) and must be reachable
-    sample = {h: [names[h][0], names[h][-1]] for h in names}
-    for h, boxes in sample.items():
-        for box in boxes:
-            assert attach(net, f"h{h}", results[h][box], f"netns:{box}").stdout.strip()
-    for src_host, dst_host in ((1, 2), (2, 3), (3, 1)):
-        src = sample[src_host][0].removeprefix(net.prefix)
-        for box in sample[dst_host]:
-            ip = results[dst_host][box].split("/")[0]
-            net.wait_until(lambda s=src, i=ip: net.ping(s, i), 20, f"{src} -> {ip}")
+    for h, got in results.items():  # each address really is on the namespace's ethwe
+        for box in (names[h][0], names[h][-1]):
+            link = link_info(net, box, "ethwe")
+            assert link is not None and f"{got[box]}/10" in ipv4_cidrs(link), (box, link)
+    # every address, pinged from the lab container of the next host
+    pending = {h % 3 + 1: list(results[h].values()) for h in (1, 2, 3)}
+    first_failures: list[str] = []
+
+    def all_reachable() -> bool:
+        with ThreadPoolExecutor(3) as pool:
+            failed = dict(
+                zip(
+                    pending,
+                    pool.map(lambda h: unreachable_from(net, f"h{h}c1", pending[h]), pending),
+                    strict=True,
+                )
+            )
+        if not first_failures:
+            first_failures.append(str(sum(len(f) for f in failed.values())))
+        pending.update(failed)
+        return not any(pending.values())
+
+    try:
+        net.wait_until(all_reachable, 30, "every one of the 150 addresses to answer a ping")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; unreachable: {pending}") from None
+    pinged = time.monotonic()
     for h in (1, 2, 3):
         assert ipam_status(net, f"h{h}")["active_ips"] == PER_HOST + 1
+    print(
+        f"\n150 namespaces: created {made - started:.1f}s, attached {attached - made:.1f}s, "
+        f"pinged {pinged - attached:.1f}s (failures in the first round: {first_failures[0]})"
+    )
 
 
 def test_allocation_survives_router_restart(lab: LabFactory) -> None:
@@ -212,3 +273,155 @@ def test_reset_hands_ranges_over(lab: LabFactory) -> None:
         20,
         "h1 to own h2's ranges",
     )
+
+
+# -- expose / hide -----------------------------------------------------------------------
+
+
+def bridge_cidrs(net: Lab, host: str) -> list[str]:
+    link = link_info(net, host, "weave")
+    assert link is not None, f"no weave bridge in {host}"
+    return ipv4_cidrs(link)
+
+
+def expose_line(net: Lab, host: str) -> list[str]:
+    """The fields of `weave ps`'s `weave:expose` line after the MAC (its CIDRs)."""
+    lines = net.weave(host, "ps").stdout.splitlines()
+    fields = lines[0].split()
+    assert fields[0] == "weave:expose", lines
+    return fields[2:]
+
+
+def test_expose_gives_the_host_addresses_and_hide_takes_them_back(lab: LabFactory) -> None:
+    net = lab(hosts=2, containers=1)
+    assert bridge_cidrs(net, "h1") == [] and expose_line(net, "h1") == []
+    plain = net.weave("h1", "expose").stdout.strip()
+    assert ipaddress.IPv4Address(plain) in ipaddress.IPv4Network("10.128.0.0/10")
+    assert plain not in (net.addr(1, 1), net.addr(2, 1))
+    sub = net.weave("h1", "expose", "net:10.128.9.0/24").stdout.strip()
+    assert ipaddress.IPv4Address(sub) in ipaddress.IPv4Network("10.128.9.0/24")
+    assert sub not in ("10.128.9.0", "10.128.9.255")
+    exposed = [f"{plain}/10", f"{sub}/24"]
+    assert sorted(bridge_cidrs(net, "h1")) == sorted(exposed)
+    assert sorted(expose_line(net, "h1")) == sorted(exposed)
+    assert ipam_status(net, "h1")["active_ips"] == 3  # h1c1 and the two of weave:expose
+    # the host reaches the containers: its own and the other host's
+    for target in (net.addr(1, 1), net.addr(2, 1)):
+        net.wait_until(lambda t=target: net.ping("h1", t), 20, f"h1 (host) -> {target}")
+    hidden = net.weave("h1", "hide").stdout.split()
+    assert sorted(hidden) == sorted([plain, sub])
+    assert bridge_cidrs(net, "h1") == [] and expose_line(net, "h1") == []
+    assert ipam_status(net, "h1")["active_ips"] == 1
+    assert not net.ping("h1", net.addr(1, 1))
+    # released in IPAM: the next allocations get the very same addresses (lowest first)
+    one, two = add_containers(net, 1, 2, 2)
+    assert attach(net, "h1", f"netns:{one}").stdout.strip() == plain
+    assert attach(net, "h1", "net:10.128.9.0/24", f"netns:{two}").stdout.strip() == sub
+
+
+# -- prime and status --------------------------------------------------------------------
+
+
+def status_fields(text: str, service: str) -> dict[str, str]:
+    """`Key: value` lines of one `Service:` block of `weave status`."""
+    fields: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(": ")
+        if not sep:
+            continue
+        if key == "Service":
+            current = value
+        elif current == service:
+            fields[key] = value
+    return fields
+
+
+STATUS_IPAM_LINE = re.compile(
+    r"(?P<peer>[0-9a-f:]{17})\((?P<nick>[^)]*)\)\s+(?P<ips>\d+) IPs \((?P<pct>[\d.]+)% of total\)"
+    r"(?: \((?P<active>\d+) active\))?\s*"
+)
+
+
+def test_prime_on_a_fresh_mesh_then_attach_at_once(lab: LabFactory) -> None:
+    net = lab(hosts=2, containers=0)  # nothing asked for an address yet
+    before = status_fields(net.weave("h2", "status").stdout, "ipam")
+    assert before["Status"] == "idle", before
+    started = time.monotonic()
+    net.weave("h2", "prime", timeout=40)  # h2 (quorum 2) needs h1: real consensus
+    primed = time.monotonic() - started
+    for host in ("h1", "h2"):
+        text = net.weave(host, "status").stdout
+        fields = status_fields(text, "ipam")
+        assert fields == {
+            "Status": "ready",
+            "Range": "10.128.0.0/10",
+            "DefaultSubnet": "10.128.0.0/10",
+        }, text
+    (box,) = add_containers(net, 2, 1, 1)
+    started = time.monotonic()
+    env = ["env", "WEAVE_IPAM_TIMEOUT=3", *weave_argv()]  # at once, or fail
+    ip = net.exec("h2", *env, "attach", f"netns:{box}").stdout.strip()
+    attached = time.monotonic() - started
+    assert ipaddress.IPv4Address(ip) in ipaddress.IPv4Network("10.128.0.0/10")
+    text = net.weave("h2", "status", "ipam").stdout
+    rows = [STATUS_IPAM_LINE.fullmatch(line) for line in text.splitlines()]
+    assert all(rows) and len(rows) == 2, text
+    peers = {m["peer"]: m for m in rows if m}
+    assert set(peers) == {peer_name(net, "h1"), peer_name(net, "h2")}, text
+    assert {m["nick"] for m in peers.values()} == {"h1", "h2"}
+    assert sum(int(m["ips"]) for m in peers.values()) == 1 << 22, text
+    assert all(int(m["ips"]) > 0 for m in peers.values()), text
+    ours = peers[peer_name(net, "h2")]
+    assert ours["active"] == "1" and rows[0] is ours, text  # our own line first
+    print(f"\nprime on a fresh 2-host mesh: {primed:.1f}s; attach after it: {attached:.1f}s")
+
+
+# -- --ipalloc-default-subnet ------------------------------------------------------------
+
+SUBNET18 = ipaddress.IPv4Network("10.128.64.0/18")
+
+
+def relaunch_with(net: Lab, *flags: str) -> None:
+    for h in (1, 2):
+        net.weave(f"h{h}", "stop")
+    net.weave("h1", "launch", "--nickname", "h1", *flags)
+    net.weave("h2", "launch", "--nickname", "h2", *flags, net.underlay_addr(1))
+
+
+def test_default_subnet(lab: LabFactory) -> None:
+    net = lab(hosts=2, containers=1)
+    relaunch_with(net, "--ipalloc-default-subnet", str(SUBNET18))
+    fields = status_fields(net.weave("h2", "status").stdout, "ipam")
+    assert fields["DefaultSubnet"] == str(SUBNET18), fields
+    plain, default, other = add_containers(net, 2, 2, 3)
+    for box, args in ((plain, ()), (default, ("net:default",))):
+        ip = attach(net, "h2", *args, f"netns:{box}").stdout.strip()
+        assert ipaddress.IPv4Address(ip) in SUBNET18, (args, ip)
+        link = link_info(net, box, "ethwe")
+        assert link is not None and ipv4_cidrs(link) == [f"{ip}/18"], link
+    net24 = ipaddress.IPv4Network("10.128.1.0/24")
+    ip = attach(net, "h2", f"net:{net24}", f"netns:{other}").stdout.strip()
+    assert ipaddress.IPv4Address(ip) in net24 and ip not in ("10.128.1.0", "10.128.1.255")
+    # fill the rest of the /24 from both hosts at once: exactly the usable addresses
+    held = {net.addr(1, 1), ip}  # h1c1 is 10.128.1.1
+    names = [f"fill{i}" for i in range(254 - len(held))]
+    half = len(names) // 2
+    with ThreadPoolExecutor(2) as pool:
+        parts = pool.map(
+            lambda hn: allocate_in_parallel(net, hn[0], str(net24), hn[1]),
+            [(1, names[:half]), (2, names[half:])],
+        )
+        filled = [cidr for part in parts for cidr in part.values()]
+    assert not [c for c in filled if c.startswith("ERROR")], filled
+    assert all(c.endswith("/24") for c in filled)
+    assert len(set(filled)) == len(filled), "an address was handed out twice"
+    got = {c.split("/")[0] for c in filled} | held
+    assert got == {str(a) for a in net24.hosts()}, "the /24 must be exactly .1 - .254"
+    # a claim of the /24's network address: one clear line, nothing attached
+    (refused_box,) = add_containers(net, 2, 5, 1)
+    result = attach(net, "h2", "10.128.1.0/24", f"netns:{refused_box}", check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "network or broadcast address of 10.128.1.0/24" in result.stderr, result.stderr
+    assert link_info(net, refused_box, "ethwe") is None

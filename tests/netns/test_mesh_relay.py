@@ -6,7 +6,9 @@ direction.  h1 is launched alone, h2 with h1 as peer, h3 with both (its dial to 
 retried, as are h1's discovered dials to h3): the only path h1 <-> h3 is via
 h2.  The containers on h1 and h3 must still ping each other and carry a TCP transfer
 byte-exactly, and h2's `frames_relayed` counter (in `weave report`) must grow by at least
-the frames that transfer needed.
+the frames that transfer needed.  The test runs twice: plain, and with `--password`, where
+h2 opens each datagram from h1 with the h1-h2 keys and seals it again with the h2-h3 keys
+(hop by hop, docs/protocol.md); there every established connection must say `encrypted`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Lab, reap, start_in, tcp_listening
-from mesh_tools import attach_all, cut, launch, relayed, reports, view
+from mesh_tools import attach_all, connection_lines, cut, launch, relayed, report, reports, view
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 LabFactory = Callable[..., Lab]
@@ -85,14 +87,18 @@ def transfer(net: Lab, src: str, dst: str, port: int, tmp_path: Path) -> None:
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
 
 
-def test_traffic_between_unreachable_hosts_is_relayed(lab: LabFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("password", [None, "relay-secret"], ids=["plain", "encrypted"])
+def test_traffic_between_unreachable_hosts_is_relayed(
+    lab: LabFactory, tmp_path: Path, password: str | None
+) -> None:
     net = lab(hosts=3, containers=1, launch=False)
     cut(net, 1, 3)
     assert not net.ping("h1", net.underlay_addr(3)), "the cut between h1 and h3 does not hold"
     assert net.ping("h1", net.underlay_addr(2)) and net.ping("h3", net.underlay_addr(2))
-    launch(net, "h1")
-    launch(net, "h2", net.underlay_addr(1))
-    launch(net, "h3", net.underlay_addr(1), net.underlay_addr(2))
+    secret = ("--password", password) if password else ()
+    launch(net, "h1", *secret)
+    launch(net, "h2", *secret, net.underlay_addr(1))
+    launch(net, "h3", *secret, net.underlay_addr(1), net.underlay_addr(2))
     attach_all(net)
     chain = {"h1": {("h2", True)}, "h2": {("h1", True), ("h3", True)}, "h3": {("h2", True)}}
     net.wait_until(
@@ -115,3 +121,9 @@ def test_traffic_between_unreachable_hosts_is_relayed(lab: LabFactory, tmp_path:
     assert grown >= 10 + TRANSFER_BYTES // 65536, f"h2 relayed only {grown} frames"
     for host in ("h1", "h3"):
         assert relayed(net, host) == 0, f"{host} relayed frames on a chain end"
+    if password:
+        for host in ("h1", "h2", "h3"):
+            links = [c for c in report(net, host)["router"]["connections"] if c.get("peer")]
+            assert links and all(c.get("encrypted") is True for c in links), (host, links)
+            lines = [line for line in connection_lines(net, host) if "established" in line]
+            assert lines and all(" encrypted " in line for line in lines), (host, lines)

@@ -25,11 +25,24 @@ from pyweave.router.core.ipam.allocator import (
     Unicast,
     Waiting,
 )
-from pyweave.router.core.ipam.space import Interval
+from pyweave.router.core.ipam.space import Interval, usable
 
 BASE = 10 << 24
 UNIVERSE: Interval = (BASE, BASE + 1024)
-SUBNETS: list[Interval] = [UNIVERSE, (BASE + 256, BASE + 512), (BASE + 768, BASE + 832)]
+SUBNETS: list[Interval] = [
+    UNIVERSE,
+    (BASE + 256, BASE + 512),  # a /24
+    (BASE + 768, BASE + 832),  # a /26
+    (BASE + 512, BASE + 520),  # a /29: its edges are hit soon; it may fill up
+]
+TINY = SUBNETS[-1]
+
+
+def full(sim: IpamSim, subnet: Interval) -> bool:
+    """Every usable address of `subnet` is held by a live peer's container."""
+    low, high = usable(subnet)
+    held = {a for n in sim.nodes.values() if n.up for a in n.alloc.holders if low <= a < high}
+    return len(held) == high - low
 
 
 @dataclass
@@ -52,11 +65,21 @@ class Node:
 
 
 class IpamSim:
-    def __init__(self, n: int, seed: int, loss: float = 0.05, init: Init | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        loss: float = 0.05,
+        init: Init | None = None,
+        inits: dict[int, Init] | None = None,
+        default_subnet: Interval = UNIVERSE,
+    ) -> None:
         self.rng = random.Random(seed)
         self.loss = loss
         self.now = 0.0
         self.init = init or Init("consensus", peers=n)
+        self.inits = inits or {}  # per-node --ipalloc-init, overriding `init`
+        self.default_subnet = default_subnet
         self.events: list[tuple[float, int, int, int, str, bytes]] = []
         self.seq = itertools.count()
         self.nodes = {i: Node(i, self._allocator(i)) for i in range(1, n + 1)}
@@ -65,8 +88,9 @@ class IpamSim:
         self.names = itertools.count()
 
     def _allocator(self, name: int) -> Allocator:
-        alloc = Allocator(name, UNIVERSE, UNIVERSE, self.init, random.Random(self.rng.random()))
-        return alloc
+        init = self.inits.get(name, self.init)
+        seed = self.rng.random()
+        return Allocator(name, UNIVERSE, self.default_subnet, init, random.Random(seed))
 
     # -- network -------------------------------------------------------------------
 
@@ -224,6 +248,7 @@ class IpamSim:
         for (_s1, e1, n1), (s2, _e2, n2) in itertools.pairwise(marks):
             assert e1 <= s2, f"{s2:#x} owned by {n1} and {n2} at t={self.now:.3f}"
         held: dict[int, str] = {}
+        wants = {w.container: w for w in self.wants}
         for name, node in self.nodes.items():
             if node.removed:
                 continue
@@ -232,6 +257,13 @@ class IpamSim:
                 held[addr] = holder.container
                 assert node.alloc.ring.owner(addr) == name, f"{addr:#x} held, not owned"
                 assert addr != UNIVERSE[0] and addr != UNIVERSE[1] - 1
+                want = wants.get(holder.container)
+                if want is not None and want.subnet is not None:
+                    # inside the requested subnet, never its network or broadcast address
+                    low, high = usable(want.subnet)
+                    assert low <= addr < high, f"{addr:#x} outside usable {want.subnet}"
+                elif want is not None:
+                    assert addr == want.addr, f"claim of {want.addr} holds {addr:#x}"
 
 
 def random_story(seed: int, n: int, steps: int) -> IpamSim:
@@ -278,7 +310,7 @@ def test_random_faults_never_own_an_address_twice(seed: int) -> None:
     assert not rings[0].empty()
     for want in sim.wants:
         if sim.nodes[want.node].up and want.refused is None:
-            assert want.got is not None, f"never served: {want}"
+            assert want.got is not None or (want.subnet == TINY and full(sim, TINY)), want
     claims = [w for w in sim.wants if w.addr is not None and w.got is not None]
     assert all(w.got == w.addr for w in claims)
     assert all(n.alloc.conflicts == 0 for n in live)
@@ -365,3 +397,112 @@ def test_handoff_gives_everything_to_a_peer() -> None:
     sim.drain(2)
     sim.run(2.0)
     assert sim.nodes[1].alloc.ring.shares() == {1: 1024}
+
+
+def test_allocations_in_a_subnet_never_take_its_edges() -> None:
+    """A /29 filled from both peers: the six usable addresses, never .0 or .7 of it."""
+    sim = IpamSim(2, seed=8, loss=0.0)
+    small = (BASE + 512, BASE + 520)
+    wants = [sim.want(1 + i % 2, subnet=small) for i in range(8)]
+    sim.run(15.0)
+    got = sorted(w.got for w in wants if w.got is not None)
+    assert got == list(range(BASE + 513, BASE + 519))
+
+
+# -- the lab's mixed quorums -----------------------------------------------------------
+# `weave lab up` (and a user starting hosts one by one) launches the first router without
+# peers (consensus among 1: quorum 1) and the others naming it (consensus among 2:
+# quorum 2).  A quorum of {1} and one of {2, 3} do not intersect, so Paxos cannot keep
+# them from deciding twice; docs/ipam.md ("Mixed quorums") has the failure case.
+
+
+def lab_inits() -> dict[int, Init]:
+    return {
+        1: Init("consensus", peers=1),
+        2: Init("consensus", peers=2),
+        3: Init("consensus", peers=2),
+    }
+
+
+def first_requests(sim: IpamSim, order: list[int]) -> None:
+    """First allocation requests on `order`, each a few milliseconds after the previous."""
+    for node in order:
+        sim.want(node, subnet=UNIVERSE)
+        sim.run(sim.rng.uniform(0.0, 0.05))
+
+
+def origins(sim: IpamSim) -> set[tuple[int, ...]]:
+    return {n.alloc.ring.origin for n in sim.nodes.values() if not n.alloc.ring.empty()}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_mixed_quorums_are_safe_when_the_first_host_allocates_first(seed: int) -> None:
+    """The lab's own order: h1 (quorum 1) is served before anyone else asks; its ring
+    reaches the others, who then ask it for space.  Invariants checked at every step."""
+    sim = IpamSim(3, seed, loss=0.05, inits=lab_inits())
+    first = sim.want(1, subnet=UNIVERSE)
+    assert first.got == UNIVERSE[0] + 1  # quorum 1: decided alone, at once
+    sim.run(2.0)
+    first_requests(sim, [3, 2, 3, 2, 1])
+    if seed % 2:
+        sim.partition()  # a random partition afterwards changes nothing
+        sim.run(5.0)
+    settle(sim)
+    assert origins(sim) == {(1,)}
+    assert all(w.got is not None for w in sim.wants)
+    assert all(n.alloc.conflicts == 0 for n in sim.nodes.values())
+
+
+def _mixed_story(seed: int, partitioned: bool, order: list[int]) -> IpamSim:
+    sim = IpamSim(3, seed, loss=0.0, inits=lab_inits())
+    sim.check = lambda: None  # type: ignore[method-assign]  # we look for the failure
+    if partitioned:
+        sim.group = {1: 0, 2: 1, 3: 1}  # 2 and 3 met each other, then lost 1
+    sim.refresh_peers()
+    first_requests(sim, order)
+    sim.run(10.0)
+    sim.heal()
+    sim.run(20.0)
+    return sim
+
+
+def test_mixed_quorums_with_a_partition_at_start_build_two_rings() -> None:
+    """{1} | {2, 3}: 1 decides alone (quorum 1), 2 and 3 decide together (quorum 2):
+    two rings that each give the whole range away; after healing they conflict, and
+    `weave status` says so."""
+    sim = _mixed_story(seed=0, partitioned=True, order=[1, 2])
+    assert len(origins(sim)) == 2
+    assert sim.nodes[1].alloc.ring.owned_by(1) == [UNIVERSE]
+    assert sim.nodes[2].alloc.ring.owned_by(2) != []  # the same addresses, owned twice
+    assert all(n.alloc.conflicts > 0 for n in sim.nodes.values())
+    status = sim.nodes[1].alloc.status(sim.now)
+    assert status.startswith("IP allocation was seeded by different peers"), status
+
+
+def test_mixed_quorums_without_partition_can_race_into_two_rings() -> None:
+    """No partition: first requests on 2 and 1 within 50 ms.  If 1 decides alone before
+    2's proposal reaches it while 3 promises to 2, there are two rings (3 seeds of 40)."""
+    bad = [s for s in range(40) if len(origins(_mixed_story(s, False, [2, 1]))) > 1]
+    assert bad, "the race did not happen: update docs/ipam.md"
+    assert len(bad) < 40
+
+
+@pytest.mark.parametrize("partitioned", [False, True])
+@pytest.mark.parametrize("seed", range(8))
+def test_an_explicit_consensus_count_is_safe_in_the_same_stories(
+    seed: int, partitioned: bool
+) -> None:
+    """The documented fix: `--ipalloc-init consensus=3` on every host (quorum 2 of 3)."""
+    sim = IpamSim(3, seed, loss=0.05)  # Init("consensus", peers=3) everywhere
+    if partitioned:
+        sim.group = {1: 0, 2: 1, 3: 1}
+    sim.refresh_peers()
+    first_requests(sim, [1, 2, 3, 2, 1])
+    sim.run(10.0)
+    if partitioned:
+        assert sim.nodes[1].alloc.ring.empty()  # the minority waits
+        assert sim.nodes[1].alloc.status(sim.now).startswith("awaiting consensus")
+    settle(sim)
+    assert len(origins(sim)) == 1
+    assert all(w.got is not None for w in sim.wants)
+    assert all(n.alloc.conflicts == 0 for n in sim.nodes.values())

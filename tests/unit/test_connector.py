@@ -185,3 +185,21 @@ def test_retrying_lasts_while_a_lost_peer_stays_down() -> None:
     c.connection_failed("h:1", "connection refused", 100.0)
     (s,) = c.status(100.0)
     assert s.state == "retrying" and s.reason == "connection refused"
+
+
+def test_a_refused_connection_is_not_redialed_at_once() -> None:
+    # The peer accepts the handshake, then closes ("connection limit reached"): the mesh
+    # reports the loss and then the connection set without that peer.  The target keeps
+    # its backoff; it is not retried at once as it would be had another link to it gone.
+    c = make()
+    c.add_targets(["h:1"])
+    c.update([], set(), [], [])
+    assert c.due(0.0) == ["h:1"]
+    c.update([], {0xB}, ["h:1"], [])
+    c.connection_succeeded("h:1", 0xB, 0.0)
+    c.connection_failed("h:1", "peer closed the connection: connection limit reached (1)", 0.1)
+    c.update([], set(), [], [])
+    assert c.due(0.1) == []
+    (s,) = c.status(0.1)
+    assert s.retry_at is not None and s.retry_at > 0.1 + 0.5
+    assert "connection limit reached (1)" in s.reason

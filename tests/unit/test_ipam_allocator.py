@@ -79,3 +79,19 @@ def test_rmpeer_refuses_ourselves_and_reachable_peers() -> None:
         raise AssertionError(f"rmpeer {peers} was accepted")
     alloc.update_peers({7})
     assert alloc.rmpeer([8]) == 128
+
+
+def test_a_ring_of_another_initialisation_is_shown_in_status() -> None:
+    from pyweave.router.core.ipam import codec
+    from pyweave.router.core.ipam.ring import Ring
+
+    alloc = solo()  # consensus among 1: decides [7] alone
+    assert alloc.allocate("a", "netns:a", UNIVERSE, 0.0) == Allocated(BASE + 1)
+    theirs = Ring.initial(*UNIVERSE, (8, 9))
+    payload = codec.push({"ring": codec.ring_to_json(theirs)})
+    assert alloc.on_gossip(8, payload) is None
+    assert alloc.conflicts == 1
+    assert alloc.ring.origin == (7,)
+    status = alloc.status(0.0)
+    assert status.startswith("IP allocation was seeded by different peers (received: ["), status
+    assert "00:00:00:00:00:08, 00:00:00:00:00:09], ours: [00:00:00:00:00:07]" in status

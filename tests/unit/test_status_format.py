@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from pyweave.cli.status_format import (
     format_connections,
     format_dns,
@@ -247,11 +248,33 @@ def test_status_router_only_alone_fresh_peer() -> None:
     assert format_status(status) == expected
 
 
-def test_status_counts_skip_empty_states_in_fixed_order() -> None:
-    conns = _connections()
-    router = _router(connections=[conns[3], conns[0], conns[3], conns[0], conns[0]])
+@pytest.mark.parametrize(
+    ("states", "line"),
+    [
+        # failed listed first: the count still comes out established first
+        (["failed", "established"], "Connections: 2 (1 established, 1 failed)"),
+        (
+            ["failed", "established", "failed", "established", "established"],
+            "Connections: 5 (3 established, 2 failed)",
+        ),
+        # pending and retrying are empty and skipped; connecting comes last
+        (
+            ["connecting", "failed", "established"],
+            "Connections: 3 (1 established, 1 failed, 1 connecting)",
+        ),
+        (
+            ["connecting", "retrying", "pending"],
+            "Connections: 3 (1 pending, 1 retrying, 1 connecting)",
+        ),
+        ([], "Connections: 0"),
+    ],
+)
+def test_status_counts_skip_empty_states_in_fixed_order(states: list[str], line: str) -> None:
+    by_state = {conn["state"]: conn for conn in _connections()}
+    router = _router(connections=[by_state[state] for state in states])
     text = format_status({"version": "2.8.1", "router": router})
-    assert "    Connections: 5 (3 established, 2 failed)\n" in text
+    shown = [row.strip() for row in text.splitlines() if row.strip().startswith("Connections:")]
+    assert shown == [line]
 
 
 def test_status_dns_block() -> None:

@@ -123,6 +123,7 @@ class Allocator(ChannelBase):
         self.notify: Callable[[], None] = lambda: None
         self.generation = 0
         self.conflicts = 0  # rings of another initialisation, addresses we lost
+        self.foreign_seeds: tuple[int, ...] | None = None  # origin of a conflicting ring
         self._asked: dict[tuple[str, int, int], tuple[int, float]] = {}
         self._refused: dict[int, str] = {}
         self._next_proposal: float | None = None
@@ -246,6 +247,13 @@ class Allocator(ChannelBase):
     # -- status --------------------------------------------------------------------
 
     def status(self, now: float) -> str:
+        if self.foreign_seeds is not None and not self.ring.empty():
+            theirs = ", ".join(format_peer_name(p) for p in self.foreign_seeds)
+            ours = ", ".join(format_peer_name(p) for p in self.ring.origin)
+            return (
+                f"IP allocation was seeded by different peers (received: [{theirs}], "
+                f"ours: [{ours}]) - 'weave reset' one side; use --ipalloc-init (docs/ipam.md)"
+            )
         if self.ring.empty():
             if self.paxos is not None and self._next_proposal is not None:
                 quorum, known = self.paxos.quorum, self.paxos.known()
@@ -372,6 +380,8 @@ class Allocator(ChannelBase):
             changed = self.ring.merge(ring)
         except RingConflict:
             self.conflicts += 1
+            if (ring.start, ring.end) == (self.ring.start, self.ring.end):
+                self.foreign_seeds = ring.origin
             return None
         if not changed:
             return None
