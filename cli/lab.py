@@ -146,7 +146,11 @@ def _launch_routers(record: LabRecord, password: str | None) -> None:
     first = record.hosts[0].underlay.split("/")[0]
     for index, host in enumerate(record.hosts):
         peers = [first] if index else []
-        argv = [*weave_argv(), "launch", "--nickname", host.name, *peers]
+        # Every router knows the mesh size, so IPAM's first consensus needs a majority of
+        # all hosts (h1 alone must not decide while h2..hN decide without it).
+        consensus = f"consensus={len(record.hosts)}"
+        argv = [*weave_argv(), "launch", "--nickname", host.name, "--ipalloc-init", consensus]
+        argv += peers
         result = run_in(host.netns, argv, host.state_dir, password, LAUNCH_TIMEOUT)
         names = PEER_NAME_RE.findall(result.stdout)
         if not names:

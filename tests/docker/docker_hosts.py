@@ -89,15 +89,18 @@ class DockerMesh:
         self.hosts = hosts
         self.base = base
 
-    def launch(self, host: DockerHost, *extra: str) -> str:
-        peers = [] if host.index == 1 else [self.lab.underlay_addr(1)]
+    def launch(self, host: DockerHost, *extra: str, peers: list[str] | None = None) -> str:
+        if peers is None:
+            peers = [] if host.index == 1 else [self.lab.underlay_addr(1)]
         return host.weave("launch", "--nickname", host.name, *extra, *peers).strip()
 
     def relaunch(self, host: DockerHost, *extra: str) -> str:
-        """`weave stop` whatever router runs on `host`, `launch` it with `extra`, and wait
-        for h1 and h2 to be connected again."""
+        """`weave stop` whatever router runs on `host`, `launch` it with `extra` and the
+        other hosts as peers (their retry back-off grows with each outage, so the new
+        router dials them), and wait for h1 and h2 to be connected again."""
         host.weave("stop", check=False)
-        name = self.launch(host, *extra)
+        others = [self.lab.underlay_addr(h.index) for h in self.hosts if h is not host]
+        name = self.launch(host, *extra, peers=others)
         self.wait_established()
         return name
 

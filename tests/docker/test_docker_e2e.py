@@ -206,8 +206,7 @@ def test_router_restart_finds_containers_again(docker_mesh: DockerMesh, client: 
     h1.weave("stop")
     assert _no_router_container(docker_mesh)
     h1.engine("restart", "-t", "1", "sleeper")  # restarted while the router is away
-    docker_mesh.launch(h1, "--container")
-    docker_mesh.wait_established()
+    docker_mesh.relaunch(h1, "--container")  # (its `weave stop` finds nothing to stop)
     wait_until(lambda: h1.ethwe_cidrs("sleeper") == [sleeper], 30, "sleeper re-attached")
     ps = h1.weave("ps")
     for name in ("survivor", "sleeper"):
