@@ -296,7 +296,9 @@ class ConnectionManager:
                 self.dialing.discard(target)
             channel.close(refusal)
             log.info("connection %s refused: %s", conn.mesh_address, refusal)
-            if target is None:  # the dialer sees the reason; show it on this side too
+            # The dialer sees the reason; show it on this side too (not when we dialed
+            # ourselves: the outbound side already says so).
+            if target is None and hello.uid != self.identity.uid:
                 host, port = channel.remote
                 self.inbound_failures.record(f"{host}:{port}", host, refusal, now)
             return
