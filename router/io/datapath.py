@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import socket
 import struct
-import time
 from collections.abc import Callable
 
 from pyweave.router.core.forwarder import Forwarder
@@ -65,8 +63,6 @@ HEADROOM = HEADER_SIZE + FRAMES_PREFIX_SIZE + FRAME_LEN.size  # 31 bytes before 
 RECORD_AT = HEADER_SIZE + FRAMES_PREFIX_SIZE  # where the record (u16 length) starts
 DIRECT_MIN = 600  # frames at least this long (with vnet hdr) go out alone, uncopied
 SEGMENTS_PER_DATAGRAM = 1  # MSS segments per datagram in segment mode (see docs/protocol.md)
-LINGER = 0.0  # seconds of busy-polling after the last packet; off by default (see _linger)
-LINGER_MAX = 0.002  # at most this long per event-loop callback
 DRAIN_BUDGET = 256  # reads per wake-up before yielding to other work (fairness)
 MAC_PAIR = struct.Struct("6s6s")  # destination and source MAC, as bytes (dict keys)
 SOCKET_BUFFER = 16 * 1024 * 1024
@@ -128,56 +124,10 @@ class DataPlane:
         self.tap_buf = bytearray(HEADROOM + TAP_READ_SIZE)
         self.udp_buf = bytearray(UDP_READ_SIZE)
         self.send_buf = bytearray(MAX_UDP_PAYLOAD + 64)  # batches and relayed bodies
-        self.poller = select.poll()
-        # PYWEAVE_LINGER_US tunes (0 disables) the busy-poll after traffic; see _linger.
-        self.linger = float(os.environ.get("PYWEAVE_LINGER_US", LINGER * 1e6)) / 1e6
 
     def start(self) -> None:
-        self.poller.register(self.tap_fd, select.POLLIN)
-        self.poller.register(self.sock.fileno(), select.POLLIN)
-        self.loop.add_reader(self.tap_fd, self._on_tap_readable)
-        self.loop.add_reader(self.sock.fileno(), self._on_udp_readable)
-
-    def _on_tap_readable(self) -> None:
-        self._drain_tap()
-        self._linger()
-
-    def _on_udp_readable(self) -> None:
-        self._drain_udp()
-        self._linger()
-
-    def _linger(self) -> None:
-        """Busy-poll both descriptors for a moment after traffic, instead of sleeping.
-
-        A request/response exchange (ping, a TCP ACK clock, a DNS query) comes back within
-        tens of microseconds; an interpreter that went back to epoll pays a wake-up of an
-        idle process for each packet, which dominated the idle round-trip time (four per
-        container-to-container RTT).  Lingering LINGER seconds after the last packet costs
-        little CPU at low rates and nothing under load (the descriptors are then always
-        ready anyway); LINGER_MAX bounds how long other work waits behind the data plane.
-        """
-        poll = self.poller.poll
-        clock = time.perf_counter
-        start = clock()
-        linger = self.linger
-        if linger <= 0:
-            return
-        deadline = start + linger
-        stop = start + LINGER_MAX
-        tap_fd = self.tap_fd
-        while True:
-            now = clock()
-            if now >= deadline or now >= stop:
-                return
-            events = poll(0)
-            if not events:
-                continue
-            for fd, _mask in events:
-                if fd == tap_fd:
-                    self._drain_tap()
-                else:
-                    self._drain_udp()
-            deadline = clock() + linger
+        self.loop.add_reader(self.tap_fd, self._drain_tap)
+        self.loop.add_reader(self.sock.fileno(), self._drain_udp)
 
     def stop(self) -> None:
         self.loop.remove_reader(self.tap_fd)
