@@ -298,7 +298,12 @@ class ConnectionManager:
             log.info("connection %s refused: %s", conn.mesh_address, refusal)
             # The dialer sees the reason; show it on this side too (not when we dialed
             # ourselves: the outbound side already says so).
-            if target is None and hello.uid != self.identity.uid:
+            # Duplicates are routine (both ends dial at once) and not shown either.
+            if (
+                target is None
+                and hello.uid != self.identity.uid
+                and not refusal.startswith("duplicate connection")
+            ):
                 host, port = channel.remote
                 self.inbound_failures.record(f"{host}:{port}", host, refusal, now)
             return

@@ -231,3 +231,27 @@ def tcp_listening(net: Lab, name: str, port: int) -> bool:
     """True once something listens on TCP `port` inside namespace `name`."""
     result = net.exec(name, "ss", "-H", "-l", "-t", "-n", f"sport = :{port}", check=False)
     return result.returncode == 0 and bool(result.stdout.strip())
+
+
+# Receives one TCP connection and writes everything it carries to a file.
+TCP_SINK = """
+import socket, sys
+port, path = int(sys.argv[1]), sys.argv[2]
+with socket.create_server(("0.0.0.0", port)) as srv:
+    srv.settimeout(30)
+    conn, _ = srv.accept()
+    conn.settimeout(30)
+    with conn, open(path, "wb") as out:
+        while chunk := conn.recv(65536):
+            out.write(chunk)
+"""
+
+# Sends stdin over one TCP connection, then waits until the sink has read it all and closed.
+TCP_SOURCE = """
+import socket, sys
+data = sys.stdin.buffer.read()
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(1) == b"", "sink sent data back"
+"""

@@ -340,10 +340,12 @@ def test_expose_gives_the_host_addresses_and_hide_takes_them_back(lab: LabFactor
     assert bridge_cidrs(net, "h1") == [] and expose_line(net, "h1") == []
     assert ipam_status(net, "h1")["active_ips"] == 1
     assert not net.ping("h1", net.addr(1, 1))
-    # released in IPAM: the next allocations get the very same addresses (lowest first)
+    # released in IPAM: containers can claim exactly those addresses again (a held address
+    # would be refused), and they are counted as active once more
     one, two = add_containers(net, 1, 2, 2)
-    assert attach(net, "h1", f"netns:{one}").stdout.strip() == plain
-    assert attach(net, "h1", "net:10.128.9.0/24", f"netns:{two}").stdout.strip() == sub
+    assert attach(net, "h1", f"{plain}/10", f"netns:{one}").stdout.strip() == plain
+    assert attach(net, "h1", f"{sub}/24", f"netns:{two}").stdout.strip() == sub
+    assert ipam_status(net, "h1")["active_ips"] == 3
 
 
 # -- prime and status --------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Lab, reap, start_in, tcp_listening
+from helpers import TCP_SINK, TCP_SOURCE, Lab, reap, start_in, tcp_listening
 from mesh_tools import attach_all, connection_lines, cut, launch, relayed, report, reports, view
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
@@ -29,27 +29,6 @@ LabFactory = Callable[..., Lab]
 
 CONVERGE = 20.0
 TRANSFER_BYTES = 512 * 1024
-
-TCP_SINK = """
-import socket, sys
-port, path = int(sys.argv[1]), sys.argv[2]
-with socket.create_server(("0.0.0.0", port)) as srv:
-    srv.settimeout(30)
-    conn, _ = srv.accept()
-    conn.settimeout(30)
-    with conn, open(path, "wb") as out:
-        while chunk := conn.recv(65536):
-            out.write(chunk)
-"""
-
-TCP_SOURCE = """
-import socket, sys
-data = sys.stdin.buffer.read()
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
-    s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-    assert s.recv(1) == b"", "sink sent data back"
-"""
 
 
 def transfer(net: Lab, src: str, dst: str, port: int, tmp_path: Path) -> None:

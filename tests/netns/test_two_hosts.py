@@ -19,36 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Lab, describe, link_info, reap, start_in, tcp_listening
+from helpers import TCP_SINK, TCP_SOURCE, Lab, describe, link_info, reap, start_in, tcp_listening
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 LabFactory = Callable[..., Lab]
 
 CONNECT_TIMEOUT = 30.0  # first handshake + UDP proof after `lab up`
 TRANSFER_BYTES = 5 * 1024 * 1024
-
-# Receives one TCP connection and writes everything it carries to a file.
-TCP_SINK = """
-import socket, sys
-port, path = int(sys.argv[1]), sys.argv[2]
-with socket.create_server(("0.0.0.0", port)) as srv:
-    srv.settimeout(30)
-    conn, _ = srv.accept()
-    conn.settimeout(30)
-    with conn, open(path, "wb") as out:
-        while chunk := conn.recv(65536):
-            out.write(chunk)
-"""
-
-# Sends stdin over one TCP connection, then waits until the sink has read it all and closed.
-TCP_SOURCE = """
-import socket, sys
-data = sys.stdin.buffer.read()
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
-    s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-    assert s.recv(1) == b"", "sink sent data back"
-"""
 
 
 def connected_lab(lab: LabFactory) -> Lab:
