@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,7 +62,6 @@ class Connection:
     link: Link
     created: float
     state: str = "pending"
-    reader_task: asyncio.Task[None] | None = None
     dropped: bool = False
 
     @property
@@ -395,7 +393,3 @@ class ConnectionManager:
         conn = self.connections.get(name)
         if conn is not None and conn.hello.uid == uid and conn.mesh_address == address:
             self.drop(conn, reason, report=False)
-
-
-def wall_clock_string(delay: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + delay))

@@ -2,8 +2,9 @@
 
 Theory of operation: `Router.start` builds, in order, the `weave` bridge and the TAP port
 on it, the UDP data plane, the TCP control listener (port 6783) and the HTTP API
-(127.0.0.1:6784) — the API last, so a router that answers `GET /status` is a router
-that works.  From then on the event loop runs three kinds of work: the data plane's
+(127.0.0.1:6784) — the API after everything it reports on, so a router that answers
+`GET /status` is a router that works — then the Docker integration (events, proxy), which
+needs the API.  From then on the event loop runs three kinds of work: the data plane's
 descriptor callbacks (hot), the connection manager's per-connection readers, and a few
 periodic tasks (heartbeats, dialing due targets, MAC expiry).  `Router.stop` closes
 connections with a reason, removes the TAP port and the listeners; the bridge stays, as

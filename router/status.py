@@ -7,6 +7,8 @@ into Weave Net's text layouts.  Times of next retries are shown as wall-clock st
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from pyweave.router.api_types import (
@@ -17,7 +19,6 @@ from pyweave.router.api_types import (
     RouterStatus,
     Status,
 )
-from pyweave.router.connections import wall_clock_string
 from pyweave.router.core.names import format_peer_name, parse_peer_name
 
 if TYPE_CHECKING:
@@ -27,9 +28,9 @@ VERSION = "0.1.0"
 
 
 def _wall_clock(monotonic_deadline: float) -> str:
-    import asyncio
-
-    return wall_clock_string(monotonic_deadline - asyncio.get_running_loop().time())
+    """A loop-clock deadline as local wall-clock time, as Weave Net prints retry times."""
+    delay = monotonic_deadline - asyncio.get_running_loop().time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + delay))
 
 
 def _connection_statuses(router: Router, now: float) -> list[ConnectionStatus]:
@@ -56,17 +57,16 @@ def _stats(router: Router) -> dict[str, int]:
         stats[f"link_{key}"] = 0
     for conn in router.connections.connections.values():
         link = conn.link
-        stats["link_drops_auth"] += link.drops_auth
-        stats["link_drops_replay"] += link.drops_replay
-        stats["link_drops_malformed"] += link.drops_malformed
+        auth, replay, malformed = link.drop_counts()
+        stats["link_drops_auth"] += auth
+        stats["link_drops_replay"] += replay
+        stats["link_drops_malformed"] += malformed
     stats["dropped_no_route"] = router.forwarder.dropped_no_route
     stats["mac_entries"] = len(router.macs)
     return stats
 
 
 def build_status(router: Router) -> Status:
-    import asyncio
-
     now = asyncio.get_running_loop().time()
     cfg = router.config
     router_status: RouterStatus = {

@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(iproute2 iputils-ping iperf3 dnsutils tcpdump procps psmisc kmod
               python3 python3-venv python3-pip ca-certificates)
 APT_PACKAGES+=(docker.io debootstrap)   # tests/docker: one dockerd per simulated host
+APT_PACKAGES+=(iptables)                # tests/netns: random underlay loss (statistic match)
 missing=()
-for tool in ip ping iperf3 dig tcpdump ps dockerd debootstrap; do
+for tool in ip ping iperf3 dig tcpdump ps dockerd debootstrap iptables; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then missing+=(venv); fi

@@ -10,7 +10,7 @@ body through the connection's data keys: one AEAD call per datagram, a replay wi
 key epoch, and rekeying driven from the control connection.  Failures are counted, never
 raised: the data plane drops what does not open.
 
-Two hot-path entry points avoid copies: `seal_into(buf, end)` seals a body that the data
+The hot-path entry point avoids copies: `seal_into(buf, end)` seals a body that the data
 plane has already placed at `buf[HEADER_SIZE:end]` (a plain link just writes the header in
 front of it; a sealed link encrypts into its own output buffer) and returns the datagram
 as a memoryview.
@@ -73,13 +73,7 @@ class Link:
         self.max_body = max_datagram - self.overhead
         self.send_counter = 0
         self.last_heard = 0.0
-        self.heard_once = False
         self.rtt: float | None = None
-        self.drops_malformed = 0
-        self.drops_auth = 0
-        self.drops_replay = 0
-        self.datagrams_in = 0
-        self.datagrams_out = 0
         self.segment = False  # cut super-frames to path-MTU datagrams (peer sees loss)
         self.peer_loss_ppm = LOSS_UNKNOWN
         self._rx_epoch = -1
@@ -93,6 +87,10 @@ class Link:
         raise NotImplementedError
 
     def open(self, datagram: bytes | memoryview) -> memoryview | None:
+        raise NotImplementedError
+
+    def drop_counts(self) -> tuple[int, int, int]:
+        """(failed authentication, replayed, malformed) datagrams from this peer so far."""
         raise NotImplementedError
 
     # -- loss estimate -------------------------------------------------------------
@@ -138,20 +136,22 @@ class Link:
 
     def heard(self, now: float) -> None:
         self.last_heard = now
-        self.heard_once = True
 
 
 class PlainLink(Link):
     """No encryption: header + body, the counter only for diagnostics."""
 
+    drops_malformed = 0
+
+    def drop_counts(self) -> tuple[int, int, int]:
+        return 0, 0, self.drops_malformed
+
     def seal(self, body: bytes) -> bytes:
         self.send_counter += 1
-        self.datagrams_out += 1
         return HEADER.pack(DATAGRAM_PLAIN, 0, 0, self.remote_index, self.send_counter) + body
 
     def seal_into(self, buf: bytearray, end: int) -> memoryview:
         self.send_counter += 1
-        self.datagrams_out += 1
         HEADER.pack_into(buf, 0, DATAGRAM_PLAIN, 0, 0, self.remote_index, self.send_counter)
         return memoryview(buf)[:end]
 
@@ -159,7 +159,6 @@ class PlainLink(Link):
         if len(datagram) <= HEADER_SIZE or datagram[0] != DATAGRAM_PLAIN:
             self.drops_malformed += 1
             return None
-        self.datagrams_in += 1
         return memoryview(datagram)[HEADER_SIZE:]
 
 
@@ -186,22 +185,17 @@ class SealedLink(Link):
         self._out_view = memoryview(self._out)
 
     def seal(self, body: bytes) -> bytes:
-        self.datagrams_out += 1
         return self.sender.seal_datagram(self.remote_index, body)
 
     def seal_into(self, buf: bytearray, end: int) -> memoryview:
-        self.datagrams_out += 1
         body = memoryview(buf)[HEADER_SIZE:end]
         size = self.sender.seal_datagram_into(self._out, self.remote_index, body)
         return self._out_view[:size]
 
     def open(self, datagram: bytes | memoryview) -> memoryview | None:
         plaintext = self.receiver.open_datagram(datagram)
-        if plaintext is None:
-            receiver = self.receiver
-            self.drops_auth = receiver.drops_auth
-            self.drops_replay = receiver.drops_replay
-            self.drops_malformed = receiver.drops_malformed + receiver.drops_unknown_epoch
-            return None
-        self.datagrams_in += 1
-        return memoryview(plaintext)
+        return None if plaintext is None else memoryview(plaintext)
+
+    def drop_counts(self) -> tuple[int, int, int]:
+        r = self.receiver  # counted where the decision is made, read only for status
+        return r.drops_auth, r.drops_replay, r.drops_malformed + r.drops_unknown_epoch

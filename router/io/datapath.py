@@ -82,7 +82,7 @@ class DataPlaneCounters:
         self.udp_send_errors = 0
         self.drops_unknown_link = 0
         self.drops_malformed = 0
-        self.frames_relayed = 0
+        self.datagrams_relayed = 0  # frames bodies forwarded to another peer, per next hop
         self.frames_segmented = 0
 
 
@@ -322,7 +322,7 @@ class DataPlane:
         if deliver:
             self._deliver(body, source, now)
         if relay:
-            self._relay(body, relay)
+            self._relay(body, destination, relay)
 
     def _deliver(self, body: memoryview, source: int, now: float) -> None:
         """Write every record (vnet hdr + frame) to the TAP; learn the later frames' MACs."""
@@ -350,35 +350,20 @@ class DataPlane:
                 counters.tap_drops += 1
             offset = stop
 
-    def _relay(self, body: memoryview, hops: tuple[int, ...]) -> None:
+    def _relay(self, body: memoryview, destination: int, hops: tuple[int, ...]) -> None:
         """Forward a body unchanged (re-sealed for each next link), cut if that link needs."""
         size = len(body)
-        frames = _count_records(body)
         for hop in hops:
             link = self.links_by_peer.get(hop)
             if link is None:
                 continue
-            self.counters.frames_relayed += frames
+            self.counters.datagrams_relayed += 1
             if size > link.max_body and (link.segment or size + link.overhead > MAX_UDP_PAYLOAD):
                 records = _records_of(body)
-                self._send_records(link, bytes(body[1:7]), _peer_of(body[7:13]), records)
+                self._send_records(link, bytes(body[1:7]), destination, records)
                 continue
             self.send_buf[HEADER_SIZE : HEADER_SIZE + size] = body
             self._sendto(link.seal_into(self.send_buf, HEADER_SIZE + size), link.endpoint)
-
-
-def _count_records(body: memoryview) -> int:
-    count = 0
-    offset = FRAMES_PREFIX_SIZE
-    unpack_len = FRAME_LEN.unpack_from
-    while offset + FRAME_RECORD_OVERHEAD <= len(body):
-        offset += FRAME_RECORD_OVERHEAD + unpack_len(body, offset)[0]
-        count += 1
-    return count
-
-
-def _peer_of(raw: memoryview) -> int:
-    return int.from_bytes(raw, "big")
 
 
 def _records_of(body: memoryview) -> list[bytes]:

@@ -11,6 +11,7 @@ guessed length.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -255,3 +256,31 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as s:
     s.shutdown(socket.SHUT_WR)
     assert s.recv(1) == b"", "sink sent data back"
 """
+
+
+def assert_tcp_transfer_exact(
+    net: Lab, src: str, dst: str, address: str, port: int, size: int, tmp_path: Path
+) -> None:
+    """Send `size` random bytes from container `src` to `dst` (at `address`) over TCP
+    through the overlay; the bytes that arrive must be exactly those sent."""
+    sink_file = tmp_path / f"received-{port}.bin"
+    payload = os.urandom(size)
+    sink = start_in(net.netns(dst), [sys.executable, "-c", TCP_SINK, str(port), str(sink_file)])
+    try:
+        net.wait_until(lambda: tcp_listening(net, dst, port), 10, "TCP sink listening")
+        argv = [sys.executable, "-c", TCP_SOURCE, address, str(port)]
+        source = subprocess.run(
+            ["ip", "netns", "exec", net.netns(src), *argv],
+            input=payload,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert source.returncode == 0, source.stderr.decode(errors="replace")
+        _, err = sink.communicate(timeout=30)
+        assert sink.returncode == 0, err.decode(errors="replace")
+    finally:
+        reap(sink)
+    received = sink_file.read_bytes()
+    assert len(received) == len(payload)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()

@@ -97,7 +97,7 @@ def connection_lines(net: Lab, host: str) -> list[str]:
 
 
 def relayed(net: Lab, host: str) -> int:
-    return int(report(net, host)["router"]["stats"]["frames_relayed"])
+    return int(report(net, host)["router"]["stats"]["datagrams_relayed"])
 
 
 def router_pid(net: Lab, host: str) -> int:

@@ -5,23 +5,22 @@ and h3 in both host namespaces, so no TCP or UDP packet passes between them in e
 direction.  h1 is launched alone, h2 with h1 as peer, h3 with both (its dial to h1 fails and is
 retried, as are h1's discovered dials to h3): the only path h1 <-> h3 is via
 h2.  The containers on h1 and h3 must still ping each other and carry a TCP transfer
-byte-exactly, and h2's `frames_relayed` counter (in `weave report`) must grow by at least
-the frames that transfer needed.  The test runs twice: plain, and with `--password`, where
+byte-exactly, and h2's `datagrams_relayed` counter (in `weave report`) must grow by at least
+the datagrams that traffic needed.  The test runs twice: plain, and with `--password`, where
 h2 opens each datagram from h1 with the h1-h2 keys and seals it again with the h2-h3 keys
 (hop by hop, docs/protocol.md); there every established connection must say `encrypted`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import TCP_SINK, TCP_SOURCE, Lab, reap, start_in, tcp_listening
+from helpers import (
+    Lab,
+    assert_tcp_transfer_exact,
+)
 from mesh_tools import attach_all, connection_lines, cut, launch, relayed, report, reports, view
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
@@ -29,41 +28,6 @@ LabFactory = Callable[..., Lab]
 
 CONVERGE = 20.0
 TRANSFER_BYTES = 512 * 1024
-
-
-def transfer(net: Lab, src: str, dst: str, port: int, tmp_path: Path) -> None:
-    """Send random bytes src -> dst over TCP through the overlay and compare them."""
-    sink_file = tmp_path / "received.bin"
-    payload = os.urandom(TRANSFER_BYTES)
-    sink = start_in(net.netns(dst), [sys.executable, "-c", TCP_SINK, str(port), str(sink_file)])
-    try:
-        net.wait_until(lambda: tcp_listening(net, dst, port), 10, "TCP sink listening")
-        address = net.addr(dst[:2], dst[2:])
-        source = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                net.netns(src),
-                sys.executable,
-                "-c",
-                TCP_SOURCE,
-                address,
-                str(port),
-            ],
-            input=payload,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert source.returncode == 0, source.stderr.decode(errors="replace")
-        _, err = sink.communicate(timeout=30)
-        assert sink.returncode == 0, err.decode(errors="replace")
-    finally:
-        reap(sink)
-    received = sink_file.read_bytes()
-    assert len(received) == len(payload)
-    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
 
 
 @pytest.mark.parametrize("password", [None, "relay-secret"], ids=["plain", "encrypted"])
@@ -94,12 +58,12 @@ def test_traffic_between_unreachable_hosts_is_relayed(
     before = relayed(net, "h2")
     ping = net.exec("h1c1", "ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", h3c1)
     assert " 0% packet loss" in ping.stdout, ping.stdout
-    transfer(net, "h1c1", "h3c1", 5301, tmp_path)
+    assert_tcp_transfer_exact(net, "h1c1", "h3c1", net.addr(3, 1), 5301, TRANSFER_BYTES, tmp_path)
     grown = relayed(net, "h2") - before
-    # 10 ICMP frames, plus the transfer in frames of at most 64 KB (TSO super-frames)
-    assert grown >= 10 + TRANSFER_BYTES // 65536, f"h2 relayed only {grown} frames"
+    # 10 ICMP datagrams, plus the transfer in datagrams of at most 64 KB (TSO super-frames)
+    assert grown >= 10 + TRANSFER_BYTES // 65536, f"h2 relayed only {grown} datagrams"
     for host in ("h1", "h3"):
-        assert relayed(net, host) == 0, f"{host} relayed frames on a chain end"
+        assert relayed(net, host) == 0, f"{host} relayed datagrams on a chain end"
     if password:
         for host in ("h1", "h2", "h3"):
             links = [c for c in report(net, host)["router"]["connections"] if c.get("peer")]

@@ -9,17 +9,22 @@ iperf3, byte-exact TCP delivery, and recovery after `weave stop` + `weave launch
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TCP_SINK, TCP_SOURCE, Lab, describe, link_info, reap, start_in, tcp_listening
+from helpers import (
+    Lab,
+    assert_tcp_transfer_exact,
+    describe,
+    link_info,
+    reap,
+    start_in,
+    tcp_listening,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 LabFactory = Callable[..., Lab]
@@ -135,27 +140,7 @@ def test_iperf3_tcp_throughput(lab: LabFactory) -> None:
 
 def test_tcp_transfer_is_byte_exact(lab: LabFactory, tmp_path: Path) -> None:
     net = connected_lab(lab)
-    port, sink_file = 5202, tmp_path / "received.bin"
-    payload = os.urandom(TRANSFER_BYTES)
-    sink = start_in(net.netns("h2c1"), [sys.executable, "-c", TCP_SINK, str(port), str(sink_file)])
-    try:
-        net.wait_until(lambda: tcp_listening(net, "h2c1", port), 10, "TCP sink listening")
-        argv = [sys.executable, "-c", TCP_SOURCE, net.addr(2, 1), str(port)]
-        source = subprocess.run(
-            ["ip", "netns", "exec", net.netns("h1c1"), *argv],
-            input=payload,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert source.returncode == 0, source.stderr.decode(errors="replace")
-        _, err = sink.communicate(timeout=30)
-        assert sink.returncode == 0, err.decode(errors="replace")
-    finally:
-        reap(sink)
-    received = sink_file.read_bytes()
-    assert len(received) == len(payload)
-    assert hashlib.sha256(received).hexdigest() == hashlib.sha256(payload).hexdigest()
+    assert_tcp_transfer_exact(net, "h1c1", "h2c1", net.addr(2, 1), 5202, TRANSFER_BYTES, tmp_path)
 
 
 def is_router(pid: int | str) -> bool:

@@ -20,7 +20,7 @@ associated data, so every field is authenticated)::
 The AEAD is AES-256-GCM (measured about 3x faster than ChaCha20-Poly1305 on
 64 KB super-frames here; see docs/security.md). Sealing is one AEAD call per
 datagram. ``seal_datagram_into`` writes header and ciphertext straight into
-a caller's buffer (no allocation but the 12-byte nonce);
+a caller's buffer (the nonce lives in a reused buffer);
 ``seal_datagram`` returns new bytes. ``open_datagram`` slices the datagram
 with memoryviews, so the only copy is the plaintext itself.
 
