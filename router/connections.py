@@ -208,20 +208,27 @@ class ConnectionManager:
                 answer = link.receiver.consume_rekey_request(payload, now)
                 conn.channel.send(push_opaque(MSG_REKEY_ANSWER, answer))
             else:
-                link.sender.consume_rekey_answer(payload, now)
+                with link.send_lock:  # the data plane's threads seal with this key
+                    link.sender.consume_rekey_answer(payload, now)
         except CryptoError as exc:
             raise ConnectionRefused(f"rekey failed: {exc.reason}") from exc
 
-    def heard(self, link: Link, now: float) -> None:
-        """The data plane got an authentic datagram on `link`."""
+    def heard(self, link: Link, now: float) -> bool:
+        """The data plane got its first authentic datagram on `link`.
+
+        Returns False if no connection owns `link` (yet): the data plane asks again on
+        the next datagram."""
         link.heard(now)
         conn = self.connections.get(link.peer)
-        if conn is not None and conn.link is link and conn.state == "pending":
+        if conn is None or conn.link is not link:
+            return False
+        if conn.state == "pending":
             conn.state = "established"
             log.info(
                 "connection to %s established", describe_peer(conn.hello.name, conn.hello.nickname)
             )
             self.callbacks.established(conn)
+        return True
 
     def close_all(self, reason: str) -> None:
         for conn in list(self.connections.values()):

@@ -190,7 +190,9 @@ class Router:
         await asyncio.to_thread(clamp_gso_max_size, TAP_NAME)
         await asyncio.to_thread(netlink.enslave, TAP_NAME, BRIDGE, cfg.mtu)
         sock = open_udp_socket(cfg.port)
-        self.dataplane = DataPlane(loop, self._tap_fd, sock, self.forwarder, self.connections.heard)
+        self.dataplane = DataPlane(
+            loop, self._tap_fd, sock, self.forwarder, self.connections.heard, TAP_NAME
+        )
         self.dataplane.start()
         self._control_server = await asyncio.start_server(
             self.connections.accept, "0.0.0.0", cfg.port, reuse_address=True
@@ -295,6 +297,7 @@ class Router:
                     effect.peer_name, effect.peer_uid, effect.address, effect.reason
                 )
             elif isinstance(effect, RoutesChanged):
+                self.dataplane.routes_changed()
                 self._forget_unreachable_macs()
         if effects:
             self.wake_mesh()

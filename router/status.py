@@ -52,7 +52,7 @@ def _connection_statuses(router: Router, now: float) -> list[ConnectionStatus]:
 
 
 def _stats(router: Router) -> dict[str, int]:
-    stats = {k: v for k, v in vars(router.dataplane.counters).items() if isinstance(v, int)}
+    stats = router.dataplane.counters.as_dict()
     for key in ("drops_auth", "drops_replay", "drops_malformed"):
         stats[f"link_{key}"] = 0
     for conn in router.connections.connections.values():

@@ -59,6 +59,32 @@ class Forwarder:
             return None
         return owner
 
+    def learn_local(self, src_mac: bytes, now: float) -> None:
+        """A frame from our containers came from `src_mac` (the learning half of from_tap)."""
+        self.macs.learn(src_mac, LOCAL, now)
+
+    def learn_from_peer(self, src_mac: bytes, source: int, now: float) -> None:
+        """A frame addressed to us came from `src_mac` behind peer `source` (not us)."""
+        self.macs.learn(src_mac, source, now)
+
+    def route_from_tap(self, dst_mac: bytes, now: float) -> tuple[int, tuple[int, ...]] | None:
+        """The deciding half of `from_tap`, and `next_hops`, in one call (the hot path).
+
+        Returns (destination peer for the datagram header, neighbours to send it to), or
+        None to drop.  The data plane learns the source (`learn_local`) after sending."""
+        if dst_mac[0] & 1:  # group bit: broadcast or multicast
+            return BROADCAST_PEER, self.routes.broadcast_next_hops(self.ourselves)
+        owner = self.macs.lookup(dst_mac, now)
+        if owner is None:
+            return BROADCAST_PEER, self.routes.broadcast_next_hops(self.ourselves)
+        if owner == LOCAL:
+            return None
+        hop = self.routes.next_hop(owner)
+        if hop is None:
+            self.dropped_no_route += 1
+            return owner, NO_PEERS
+        return owner, (hop,)
+
     def next_hops(self, destination: int, source: int) -> tuple[int, ...]:
         """The neighbours to send a frame to, for a datagram header (source, destination)."""
         if destination == BROADCAST_PEER:

@@ -22,9 +22,19 @@ fragments is lost when any fragment is: P = 1 - (1 - p)^k, solved for p), which 
 to the peer in the heartbeat.  The peer's report about what *we* sent lands in
 `peer_reported_loss`, which sets `segment`: while true, the data plane cuts super-frames
 into path-MTU-sized datagrams (entered above LOSS_ENTER_PPM, left below LOSS_LEAVE_PPM).
+
+Threads: the data plane seals from its TAP thread (frames), its UDP thread (relays,
+heartbeat answers) and the control thread (heartbeats, rekey switches).  A sealed link's
+counter, key and output buffer must change together, so every seal-and-send and every
+key switch holds `send_lock` (uncontended, it costs a fraction of a microsecond).  The
+core does no threading: `send_lock` is a no-op context until the data plane, which shares
+the link between threads, installs a real lock (`DataPlane.add_link`).  Receiving happens
+on one thread only, so `open` and the loss bookkeeping take no lock.
 """
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
 
 from pyweave.router.core.crypto.data_keys import OVERHEAD, DataReceiver, DataSender
 from pyweave.router.core.wire.data import (
@@ -72,7 +82,10 @@ class Link:
         self.remote_index = remote_index
         self.max_body = max_datagram - self.overhead
         self.send_counter = 0
+        # Held around seal + send and key switches; a real lock once a data plane shares it.
+        self.send_lock: AbstractContextManager[object] = nullcontext()
         self.last_heard = 0.0
+        self.confirmed = False  # the control thread has seen a datagram from the peer
         self.rtt: float | None = None
         self.segment = False  # cut super-frames to path-MTU datagrams (peer sees loss)
         self.peer_loss_ppm = LOSS_UNKNOWN

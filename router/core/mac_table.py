@@ -9,6 +9,14 @@ at once (containers migrate, routers restart).
 
 Time is passed in as `now`; the table never reads a clock.  The hot path calls `learn`
 and `lookup` once per frame, so both are a dict operation and a comparison.
+
+Threads: the data plane's two threads learn and look up while the control thread expires
+and forgets.  Each of those is a single dict operation (atomic under the GIL); the sweeps
+iterate over a snapshot (`list(...)`, taken in one C call) and remove with `pop`, so a
+concurrent insert or removal never breaks them.
+
+`changes` counts every new, moved, expired or forgotten entry: a cache of decisions built
+on this table (the data plane's flow cache) is valid while `changes` stays the same.
 """
 
 from __future__ import annotations
@@ -22,16 +30,19 @@ class MacTable:
         self.expiry = expiry
         # mac -> [owner, last_seen]; lists so the hot path updates in place
         self._entries: dict[bytes, list[float]] = {}
+        self.changes = 0  # bumped whenever an owner appears, moves or goes
 
     def learn(self, mac: bytes, owner: int, now: float) -> bool:
         """Record that `mac` was seen at `owner`. Returns True if it is new or moved."""
         entry = self._entries.get(mac)
         if entry is None:
             self._entries[mac] = [owner, now]
+            self.changes += 1
             return True
         entry[1] = now
         if entry[0] != owner:
             entry[0] = owner
+            self.changes += 1
             return True
         return False
 
@@ -41,26 +52,32 @@ class MacTable:
         if entry is None:
             return None
         if now - entry[1] > self.expiry:
-            del self._entries[mac]
+            self._entries.pop(mac, None)
+            self.changes += 1
             return None
         return int(entry[0])
 
     def expire(self, now: float) -> int:
         """Drop every expired entry; returns how many were dropped."""
-        stale = [mac for mac, (_, seen) in self._entries.items() if now - seen > self.expiry]
+        snapshot = list(self._entries.items())
+        stale = [mac for mac, (_, seen) in snapshot if now - seen > self.expiry]
         for mac in stale:
-            del self._entries[mac]
+            self._entries.pop(mac, None)
+        if stale:
+            self.changes += 1
         return len(stale)
 
     def forget_owner(self, owner: int) -> int:
         """Drop all entries of a peer that went away."""
-        gone = [mac for mac, (who, _) in self._entries.items() if who == owner]
+        gone = [mac for mac, (who, _) in list(self._entries.items()) if who == owner]
         for mac in gone:
-            del self._entries[mac]
+            self._entries.pop(mac, None)
+        if gone:
+            self.changes += 1
         return len(gone)
 
     def entries(self) -> list[tuple[bytes, int, float]]:
-        return [(mac, int(owner), seen) for mac, (owner, seen) in self._entries.items()]
+        return [(mac, int(owner), seen) for mac, (owner, seen) in list(self._entries.items())]
 
     def __len__(self) -> int:
         return len(self._entries)
