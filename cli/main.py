@@ -61,7 +61,7 @@ def _launch_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--no-discovery", action="store_true")
     p.add_argument("--conn-limit", type=int, default=100)
     p.add_argument("--trusted-subnets", default="")
-    p.add_argument("--mtu", default=os.environ.get("WEAVE_MTU") or "1376")
+    p.add_argument("--mtu", default=os.environ.get("WEAVE_MTU") or None)  # None: underlay
     # -- docker (cli/docker_launch.py) --
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -133,9 +133,9 @@ def _router_args(args: argparse.Namespace) -> list[str]:
         args.ipalloc_range,
         "--conn-limit",
         str(args.conn_limit),
-        "--mtu",
-        str(args.mtu),
     ]
+    if args.mtu:
+        argv += ["--mtu", str(args.mtu)]
     if args.name:
         argv += ["--name", args.name]
     if args.no_discovery:
@@ -162,7 +162,7 @@ def _validate_launch(args: argparse.Namespace) -> None:
         raise CliError(f"invalid --port {args.port}")
     if not args.container_release_delay >= 0:  # also refuses nan
         raise CliError(f"invalid --container-release-delay {args.container_release_delay}")
-    if not str(args.mtu).isdigit() or not 576 <= int(args.mtu) <= 65535:
+    if args.mtu is not None and (not str(args.mtu).isdigit() or not 576 <= int(args.mtu) <= 65535):
         raise CliError(f"invalid MTU {args.mtu!r} (--mtu or WEAVE_MTU): expected 576..65535")
     import ipaddress
 

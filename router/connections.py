@@ -50,7 +50,7 @@ HEARTBEAT_INTERVAL = 1.0
 DEAD_AFTER = 6.0  # seconds without any datagram from an established peer
 PENDING_TIMEOUT = 10.0  # seconds for the first datagram after the handshake
 DIAL_TIMEOUT = 5.0
-MAX_DATAGRAM = 1500 - 28  # IPv4 + UDP headers on a 1500-byte underlay
+MAX_DATAGRAM = 1500 - 28  # IPv4 + UDP headers on a 1500-byte underlay (the router sets its own)
 
 
 @dataclass(eq=False)
@@ -151,6 +151,7 @@ class ConnectionManager:
         self.dialing: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.inbound_failures = InboundFailures()
+        self.max_datagram = MAX_DATAGRAM  # largest unfragmented UDP payload on the underlay
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -337,10 +338,18 @@ class ConnectionManager:
             hello.flags & HELLO_FLAG_TRUSTS_YOU
         )
         if channel.security is None or trusted:
-            return PlainLink(hello.name, endpoint, local_index, hello.receiver_index, MAX_DATAGRAM)
+            return PlainLink(
+                hello.name, endpoint, local_index, hello.receiver_index, self.max_datagram
+            )
         sender, receiver = channel.security.data_pair(now)
         return SealedLink(
-            hello.name, endpoint, local_index, hello.receiver_index, MAX_DATAGRAM, sender, receiver
+            hello.name,
+            endpoint,
+            local_index,
+            hello.receiver_index,
+            self.max_datagram,
+            sender,
+            receiver,
         )
 
     async def _read_messages(self, conn: Connection) -> None:

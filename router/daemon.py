@@ -21,7 +21,7 @@ import sys
 
 from pyweave.router.api_types import API_PORT, CONTROL_PORT
 from pyweave.router.core.names import BadPeerName, parse_peer_name, random_peer_name
-from pyweave.router.router import DEFAULT_MTU, Router, RouterConfig
+from pyweave.router.router import Router, RouterConfig
 
 log = logging.getLogger("pyweave.router")
 
@@ -36,7 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--nickname", default=socket.gethostname())
     p.add_argument("--port", type=int, default=CONTROL_PORT)
     p.add_argument("--api-port", type=int, default=API_PORT)
-    p.add_argument("--mtu", type=int, default=DEFAULT_MTU)
+    p.add_argument("--mtu", type=int, default=None)  # None: from the underlay
     p.add_argument("--ipalloc-range", default="10.128.0.0/10")
     p.add_argument("--ipalloc-default-subnet", default="")  # IPAM
     p.add_argument("--ipalloc-init", default="")  # IPAM

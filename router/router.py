@@ -31,6 +31,7 @@ from pyweave.router.connections import (
     ConnectionManager,
     Identity,
 )
+from pyweave.router.core.connector import split_address
 from pyweave.router.core.crypto.data_keys import RekeyPolicy
 from pyweave.router.core.crypto.password import stretch_password
 from pyweave.router.core.forwarder import Forwarder
@@ -38,6 +39,7 @@ from pyweave.router.core.gossip import SendGossip, SendUnicast
 from pyweave.router.core.mac_table import MacTable
 from pyweave.router.core.mesh import Dial, DropConnection, Effect, Mesh, RoutesChanged
 from pyweave.router.core.wire.control import push_gossip, push_unicast
+from pyweave.router.core.wire.data import UDP_IP_HEADERS, overlay_mtu
 from pyweave.router.io import netlink
 from pyweave.router.io.api import ApiServer
 from pyweave.router.io.control import Security
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 
 BRIDGE = "weave"
 TAP_NAME = "vethwe-tap"
-DEFAULT_MTU = 1376
+DEFAULT_UNDERLAY_MTU = 1500  # when the underlay cannot be found
 MAC_EXPIRY_INTERVAL = 30.0
 MESH_IDLE = 1.0  # seconds between mesh timer checks when nothing is scheduled sooner
 
@@ -66,7 +68,7 @@ class RouterConfig:
     api_host: str = "127.0.0.1"
     api_port: int = API_PORT
     peers: list[str] = field(default_factory=list)
-    mtu: int = DEFAULT_MTU
+    mtu: int | None = None  # None: derived from the underlay (overlay_mtu)
     ipalloc_range: str = "10.128.0.0/10"
     ipalloc_default_subnet: str = ""  # IPAM: "" = the whole range
     ipalloc_init: str = ""  # IPAM: "" = consensus among the peers named at launch + 1
@@ -165,6 +167,8 @@ class Router:
         self._tap_fd = -1
         self._control_server: asyncio.Server | None = None
         self.dataplane: DataPlane
+        self.underlay_mtu = DEFAULT_UNDERLAY_MTU  # found at start()
+        self.mtu = overlay_mtu(config.mtu, self.underlay_mtu)
 
     def _security_factory(self) -> Callable[[bool], Security | None]:
         if self.config.password is None:
@@ -185,10 +189,15 @@ class Router:
         loop = asyncio.get_running_loop()
         cfg = self.config
         # pyroute2's synchronous API runs its own event loop: keep it off ours.
-        await asyncio.to_thread(netlink.ensure_bridge, BRIDGE, cfg.mtu, bridge_mac(cfg.name))
+        underlay = await asyncio.to_thread(netlink.underlay_mtu, _hosts(cfg.peers), BRIDGE)
+        self.underlay_mtu = underlay or DEFAULT_UNDERLAY_MTU
+        self.mtu = overlay_mtu(cfg.mtu, self.underlay_mtu)
+        self.connections.max_datagram = self.underlay_mtu - UDP_IP_HEADERS
+        log.info("underlay MTU %d, overlay MTU %d", self.underlay_mtu, self.mtu)
+        await asyncio.to_thread(netlink.ensure_bridge, BRIDGE, self.mtu, bridge_mac(cfg.name))
         self._tap_fd = open_tap(TAP_NAME, offload=True)
         await asyncio.to_thread(clamp_gso_max_size, TAP_NAME)
-        await asyncio.to_thread(netlink.enslave, TAP_NAME, BRIDGE, cfg.mtu)
+        await asyncio.to_thread(netlink.enslave, TAP_NAME, BRIDGE, self.mtu)
         sock = open_udp_socket(cfg.port)
         self.dataplane = DataPlane(
             loop, self._tap_fd, sock, self.forwarder, self.connections.heard, TAP_NAME
@@ -381,3 +390,12 @@ class Router:
 
     def _on_dial_failed(self, target: str, reason: str) -> None:
         self.apply(self.mesh.dial_failed(target, reason, self._now()))
+
+
+def _hosts(targets: list[str]) -> list[str]:
+    """The host parts of `host[:port]` targets (invalid ones are skipped)."""
+    hosts = []
+    for target in targets:
+        with contextlib.suppress(ValueError):
+            hosts.append(split_address(target)[0])
+    return hosts

@@ -44,8 +44,10 @@ def _connection_statuses(router: Router, now: float) -> list[ConnectionStatus]:
         if conn is None:
             continue
         entry["encrypted"] = conn.link.encrypted
-        entry["mtu"] = router.config.mtu
+        entry["mtu"] = router.mtu
         entry["overlay"] = "sleeve"
+        entry["segmented"] = conn.link.segment
+        entry["peer_loss_ppm"] = conn.link.peer_loss_ppm
     for address, reason in router.connections.inbound_failures.shown(now):
         result.append({"address": address, "outbound": False, "state": "failed", "info": reason})
     return result

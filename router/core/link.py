@@ -45,7 +45,8 @@ from pyweave.router.core.wire.data import (
     MAX_UDP_PAYLOAD,
 )
 
-LOSS_MIN_SAMPLE = 50  # datagrams per interval below which no loss estimate is made
+LOSS_MIN_SAMPLE = 50  # datagrams per interval below which no estimate is made, unless ...
+LOSS_MIN_LOST = 5  # ... at least this many of them are missing (a flow stalled by loss)
 LOSS_ENTER_PPM = 2000  # 0.2 % underlay packet loss: start segmenting super-frames
 LOSS_LEAVE_PPM = 500  # 0.05 %: back to super-frames
 UNDERLAY_FRAGMENT_PAYLOAD = 1480  # IPv4 fragment payload on a 1500-byte underlay
@@ -129,10 +130,10 @@ class Link:
     def take_loss_report(self) -> int:
         """Loss (ppm) seen on datagrams from the peer since the last report; starts anew."""
         count = self._rx_count
-        if count < LOSS_MIN_SAMPLE:
+        expected = self._rx_high - self._rx_low + 1 if count else 0
+        if count == 0 or (expected < LOSS_MIN_SAMPLE and expected - count < LOSS_MIN_LOST):
             report = LOSS_UNKNOWN
         else:
-            expected = self._rx_high - self._rx_low + 1
             report = estimate_loss_ppm(expected, count, self._rx_bytes / count)
         self._reset_loss_interval()
         return report

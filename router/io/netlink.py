@@ -55,6 +55,33 @@ def bridge_mtu(bridge: str) -> int | None:
         return int(ipr.get_links(index)[0].get_attr("IFLA_MTU"))
 
 
+def underlay_mtu(addresses: list[str], bridge: str) -> int | None:
+    """The MTU of the underlay: the smallest MTU of the devices towards `addresses`;
+    without any, the default route's device; without one, the smallest MTU of the up
+    devices holding a global IPv4 address (not loopback, not `bridge`).  None if none."""
+    found = [m for m in (route_mtu_towards(a) for a in addresses) if m is not None]
+    if found:
+        return min(found)
+    with IPRoute() as ipr:
+        for route in ipr.get_default_routes(family=2):
+            oif = route.get_attr("RTA_OIF")
+            if oif is not None:
+                return int(ipr.get_links(oif)[0].get_attr("IFLA_MTU"))
+        with_address = {
+            int(a["index"])
+            for a in ipr.get_addr(family=2)
+            if a["scope"] == 0  # universe
+        }
+        mtus = [
+            int(link.get_attr("IFLA_MTU"))
+            for link in ipr.get_links()
+            if link["index"] in with_address
+            and link.get_attr("IFLA_IFNAME") not in ("lo", bridge)
+            and link["flags"] & 1  # IFF_UP
+        ]
+    return min(mtus) if mtus else None
+
+
 def route_mtu_towards(address: str) -> int | None:
     """The MTU of the device the kernel would use to reach `address` (None if unknown)."""
     with IPRoute() as ipr:

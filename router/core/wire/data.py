@@ -152,6 +152,18 @@ def pull_heartbeat(body: bytes | memoryview) -> tuple[int, float, int]:
     return kind, timestamp, loss
 
 
+UDP_IP_HEADERS = 20 + 8  # IPv4 + UDP: what the underlay adds to every datagram
+MIN_OVERLAY_MTU = 576
+
+
+def overlay_mtu(configured: int | None, underlay_mtu: int) -> int:
+    """The container MTU: `configured` (WEAVE_MTU / --mtu) when given, else the largest
+    whose frames fit one unfragmented underlay datagram, sealed (1401 on a 1500 underlay)."""
+    if configured is not None:
+        return configured
+    return max(MIN_OVERLAY_MTU, max_overlay_mtu(underlay_mtu))
+
+
 def max_overlay_mtu(underlay_mtu: int, ipv6_underlay: bool = False) -> int:
     """The largest container MTU whose frames fit one unfragmented underlay datagram."""
     outer = (40 if ipv6_underlay else 20) + 8
