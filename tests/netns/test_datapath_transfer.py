@@ -22,11 +22,10 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from helpers import Lab, reap, start_in, tcp_listening
+from helpers import Lab, reap, start_in, tcp_listening, weave_argv
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 LabFactory = Callable[..., Lab]
-MTU = 1376
 PORT = 5301
 
 TCP_SINK = """
@@ -140,15 +139,55 @@ def test_tcp_and_udp_arrive_intact(lab: LabFactory, password: str | None) -> Non
     udp_transfer(net, "h1c1", "h2c1")
 
 
-def test_path_mtu_is_exact(lab: LabFactory) -> None:
-    net = _up(lab, None)
-    largest = MTU - 28  # IPv4 + ICMP headers
-    dst = net.addr(2, 1)
-    ok = net.exec("h1c1", "ping", "-c", "2", "-M", "do", "-s", str(largest), dst, check=False)
+def ethwe_mtu(net: Lab, box: str) -> int:
+    return int(net.exec(box, "cat", "/sys/class/net/ethwe/mtu").stdout)
+
+
+def assert_mtu_edge_is_exact(net: Lab, mtu: int, src: str, dst: str) -> None:
+    """`ping -M do` with the largest payload passes; one byte more fails loudly."""
+    largest = mtu - 28  # IPv4 + ICMP headers
+    ok = net.exec(src, "ping", "-c", "2", "-M", "do", "-s", str(largest), dst, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    big = net.exec("h1c1", "ping", "-c", "1", "-M", "do", "-s", str(largest + 1), dst, check=False)
+    big = net.exec(src, "ping", "-c", "1", "-M", "do", "-s", str(largest + 1), dst, check=False)
     assert big.returncode != 0
     assert "message too long" in (big.stdout + big.stderr).lower()
+
+
+def test_path_mtu_is_derived_from_the_underlay_and_exact(lab: LabFactory) -> None:
+    net = _up(lab, None)
+    mtu = ethwe_mtu(net, "h1c1")
+    # 1500-byte underlay - 99 bytes (IPv4 20, UDP 8, header 16, tag 16, frames prefix 13,
+    # record 12, Ethernet 14): the largest that never fragments, even encrypted.
+    assert mtu == 1500 - 99 == ethwe_mtu(net, "h2c1")
+    assert_mtu_edge_is_exact(net, mtu, "h1c1", net.addr(2, 1))
+
+
+def test_jumbo_underlay_raises_the_mtu(lab: LabFactory) -> None:
+    net = lab(hosts=2, containers=1, launch=False)
+    jumbo = "for d in /sys/class/net/*; do ip link set ${d##*/} mtu 9000 2>/dev/null; done"
+    for _ in range(2):  # a bridge takes a larger MTU only once its ports have it
+        net.exec("ul", "sh", "-c", jumbo + "; true")
+    for host in ("h1", "h2"):
+        net.exec(host, "ip", "link", "set", "eth0", "mtu", "9000")
+    net.weave("h1", "launch", "--nickname", "h1", "--password", "jumbo")  # no peer: eth0
+    net.weave("h2", "launch", "--nickname", "h2", "--password", "jumbo", net.underlay_addr(1))
+    for i in (1, 2):
+        net.weave(f"h{i}", "attach", f"{net.addr(i, 1)}/10", f"netns:{net.netns(f'h{i}c1')}")
+    net.wait_until(lambda: net.ping("h1c1", net.addr(2, 1)), 30, "h1c1 reaching h2c1")
+    assert ethwe_mtu(net, "h1c1") == ethwe_mtu(net, "h2c1") == 9000 - 99
+    assert_mtu_edge_is_exact(net, 9000 - 99, "h2c1", net.addr(1, 1))
+    tcp_transfer(net, "h1c1", "h2c1", 8 << 20)
+    udp_transfer(net, "h2c1", "h1c1")
+
+
+def test_weave_mtu_overrides_the_underlay(lab: LabFactory) -> None:
+    net = lab(hosts=1, containers=1, launch=False)
+    net.exec("h1", "env", "WEAVE_MTU=1300", *weave_argv(), "launch")
+    net.weave("h1", "attach", f"{net.addr(1, 1)}/10", f"netns:{net.netns('h1c1')}")
+    assert ethwe_mtu(net, "h1c1") == 1300
+    bad = net.exec("h1", "env", "WEAVE_MTU=jumbo", *weave_argv(), "launch", check=False)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().count("\n") == 0 and "invalid MTU 'jumbo'" in bad.stderr
 
 
 def test_relayed_transfer_is_intact(lab: LabFactory) -> None:
