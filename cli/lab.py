@@ -137,6 +137,7 @@ def _build_namespaces(record: LabRecord) -> None:
             record.underlay_netns, st.UNDERLAY_BRIDGE, host.name, host.netns, "eth0", host.underlay
         )
         lab_net.write_sysctls(host.netns, lab_net.BRIDGE_NF_SYSCTLS)
+        lab_net.segment_udp_before_the_wire(host.netns, "eth0")
         Path(host.state_dir).mkdir(parents=True, exist_ok=True)
         for container in host.containers:
             lab_net.create_namespace(container.netns)

@@ -25,7 +25,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from pyroute2 import NetNS, netns
@@ -98,31 +98,63 @@ def _index(ns: NetNS, ifname: str) -> int:
     return index
 
 
-def write_sysctls(ns_name: str, values: Mapping[str, str]) -> list[str]:
-    """Write sysctls (paths under /proc/sys) inside ns_name; returns those written.
-
-    Missing sysctls (e.g. br_netfilter not loaded) are skipped, not errors."""
-    written: list[str] = []
+def _run_inside(ns_name: str, work: Callable[[], None]) -> None:
+    """Run `work` in a helper thread that entered ns_name (and dies there)."""
     errors: list[BaseException] = []
 
     def inside() -> None:
         try:
             with open(NETNS_RUN_DIR / ns_name) as fd:
                 _setns(fd.fileno(), CLONE_NEWNET)
-            for key, value in values.items():
-                path = Path("/proc/sys") / key
-                if path.exists():
-                    path.write_text(value)
-                    written.append(key)
+            work()
         except BaseException as exc:
             errors.append(exc)
 
-    thread = threading.Thread(target=inside, name=f"sysctl-{ns_name}")
+    thread = threading.Thread(target=inside, name=f"in-{ns_name}")
     thread.start()
     thread.join()
     if errors:
         raise errors[0]
+
+
+def write_sysctls(ns_name: str, values: Mapping[str, str]) -> list[str]:
+    """Write sysctls (paths under /proc/sys) inside ns_name; returns those written.
+
+    Missing sysctls (e.g. br_netfilter not loaded) are skipped, not errors."""
+    written: list[str] = []
+
+    def write() -> None:
+        for key, value in values.items():
+            path = Path("/proc/sys") / key
+            if path.exists():
+                path.write_text(value)
+                written.append(key)
+
+    _run_inside(ns_name, write)
     return written
+
+
+def segment_udp_before_the_wire(ns_name: str, ifname: str) -> None:
+    """Turn off `tx-udp-segmentation` on ifname (ethtool -K), as on a NIC without USO.
+
+    A veth would carry a UDP GSO packet (one `sendmsg` with UDP_SEGMENT, up to 64
+    datagrams) across the underlay whole, and an iptables `statistic` loss rule would drop
+    or keep all of its datagrams together.  Segmented at the host's egress, every datagram
+    is its own packet on the wire, as on a real network."""
+    from pyroute2.ethtool import Ethtool
+
+    def turn_off() -> None:
+        ethtool = Ethtool()
+        try:
+            features = ethtool.get_features(ifname)
+            feature = features.features.get("tx-udp-segmentation")
+            if feature is not None and feature.enable:
+                feature.enable = False
+                ethtool.set_features(ifname, features)
+        finally:
+            ethtool.close()
+
+    _run_inside(ns_name, turn_off)
 
 
 def _setns(fd: int, nstype: int) -> None:
