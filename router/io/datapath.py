@@ -24,12 +24,16 @@ per-(next hop, destination) batches and coalesced into path-MTU-sized datagrams 
 of the drain; a large frame first flushes the batch for its destination, so a flow's
 frames keep their order.  A TCP super-frame is cut into MSS-sized frames in software
 (core/wire/gso.py) when the link is in *segment* mode (the peer reports underlay loss, so
-a fragmented 64 KB datagram would be lost whole) or when it would not fit one datagram.
+a fragmented 64 KB datagram would be lost whole) or when it would not fit one datagram;
+those segments leave in UDP_SEGMENT batches (one `sendmsg` per super-frame).
 
 Mesh -> TAP (UDP thread).  Datagrams are received into a preallocated buffer, opened by
 the link their receiver index names, accounted for the loss estimate, and their frame
 records are written to the TAP *with* their virtio_net_hdr, so the local kernel finishes
-partial checksums and segments super-frames for the containers.  Bodies for other peers
+partial checksums and segments super-frames for the containers.  Consecutive TCP segments
+of one flow (what segment mode sends) are merged back into super-frames first
+(core/wire/gro.py), so the kernel sees one write instead of ~45; the merge is flushed
+before any other frame is written and when the socket's queue is empty.  Bodies for other peers
 are relayed (re-sealed hop by hop), cut into segments first if the next link needs it.
 
 Sharing between threads.  Each thread has its own buffers and its own counters (summed
@@ -72,6 +76,7 @@ from pyweave.router.core.wire.data import (
     HEADER,
     HEADER_SIZE,
     MAX_UDP_PAYLOAD,
+    VNET_F_NEEDS_CSUM,
     VNET_HDR_SIZE,
     MalformedDatagram,
     pull_heartbeat,
@@ -79,6 +84,7 @@ from pyweave.router.core.wire.data import (
     push_frames_prefix_into,
     push_heartbeat,
 )
+from pyweave.router.core.wire.gro import TcpCoalescer
 from pyweave.router.core.wire.gso import segment_record
 
 log = logging.getLogger(__name__)
@@ -119,6 +125,7 @@ class DataPlaneCounters:
         self.datagrams_relayed = 0  # frames bodies forwarded to another peer, per next hop
         self.frames_segmented = 0
         self.internal_errors = 0  # unexpected exceptions in a data-plane thread (logged)
+        self.segments_merged = 0  # TCP segments merged into super-frames before the TAP
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -199,6 +206,7 @@ class DataPlane:
         self.udp_buf = bytearray(UDP_READ_SIZE)
         self.relay_buf = bytearray(MAX_UDP_PAYLOAD + 64)  # UDP thread: relayed bodies
         self.tap_segments = SegmentBatch()  # TAP thread
+        self.gro = TcpCoalescer()  # UDP thread: merges segments before the TAP
         self.relay_segments = SegmentBatch()  # UDP thread
         self.udp_gso = True  # cleared if the kernel refuses UDP_SEGMENT
         # The flow cache (TAP thread): destination MAC -> (link, frames prefix, destination
@@ -218,6 +226,7 @@ class DataPlane:
         for part in (self.tap_counters, self.udp_counters, self.control_counters):
             for name, value in vars(part).items():
                 setattr(total, name, getattr(total, name) + value)
+        total.segments_merged = self.gro.merged
         return total
 
     def start(self) -> None:
@@ -598,6 +607,8 @@ class DataPlane:
         frames_min = FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD + ETHERNET_HEADER_SIZE
         src_mac_at = FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD + 6
         first_record_at = FRAMES_PREFIX_SIZE + FRAME_LEN.size
+        gro_add = self.gro.add
+        gro_flush = self.gro.flush
         unpack_len = FRAME_LEN.unpack_from
         write = os.write
         tap_fd = self.tap_fd
@@ -642,13 +653,25 @@ class DataPlane:
                     elif body[7:13] == ourselves_bytes and body[1:7] != ourselves_bytes:
                         (frame_len,) = unpack_len(body, FRAMES_PREFIX_SIZE)
                         if len(body) == FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD + frame_len:
-                            try:  # one record (a super-frame, a lone frame): no loop
-                                write(tap_fd, body[first_record_at:])
-                                counters.tap_frames_out += 1
+                            # One record (a super-frame, a segment, a lone frame): no loop.
+                            # TCP segments (partial checksum, no GSO) may merge (gro.py).
+                            record = body[first_record_at:]
+                            if record[0] == VNET_F_NEEDS_CSUM and not record[1]:
+                                done, taken = gro_add(record)
+                            else:
+                                done, taken = gro_flush(), False
+                            try:
+                                if done is not None:
+                                    write(tap_fd, done)
+                                    counters.tap_frames_out += 1
+                                if not taken:
+                                    write(tap_fd, record)
+                                    counters.tap_frames_out += 1
                             except OSError:  # TAP queue full or device gone
                                 counters.tap_drops += 1
                             source = int.from_bytes(body[1:7], "big")
                         else:
+                            self._flush_gro()
                             source = int.from_bytes(body[1:7], "big")
                             if not deliver(body, source, now):
                                 counters.drops_malformed += 1
@@ -660,6 +683,8 @@ class DataPlane:
                         to_tap, relay = from_peer(
                             source, destination, bytes(body[src_mac_at : src_mac_at + 6]), now
                         )
+                        if to_tap:
+                            self._flush_gro()
                         if to_tap and not deliver(body, source, now):
                             counters.drops_malformed += 1
                         elif relay:
@@ -669,8 +694,20 @@ class DataPlane:
                     if not link.confirmed:
                         link.confirmed = True
                         call_soon_threadsafe(confirm, link, now)
+                self._flush_gro()  # the queue is empty: nothing waits behind a segment
             except Exception:
                 self._internal_error(counters)
+                self._flush_gro()
+
+    def _flush_gro(self) -> None:
+        """UDP thread: write the coalesced segments, before any other frame goes out."""
+        done = self.gro.flush()
+        if done is not None:
+            try:
+                os.write(self.tap_fd, done)
+                self.udp_counters.tap_frames_out += 1
+            except OSError:
+                self.udp_counters.tap_drops += 1
 
     def _confirm(self, link: Link, now: float) -> None:
         """Control thread: the first datagram from `link` arrived."""

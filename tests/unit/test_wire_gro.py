@@ -1,0 +1,99 @@
+"""Software GRO: segments cut by gso.py merge back into the super-frame they came from."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given
+from hypothesis import strategies as st
+from pyweave.router.core.wire import data
+from pyweave.router.core.wire.gro import TcpCoalescer
+from pyweave.router.core.wire.gso import segment_record
+from test_wire_gso import _fold, _super_frame, _words
+
+
+def _check_super_frame(record: bytes, mss: int) -> tuple[int, bytes]:
+    """A valid merged record: GSO header, IPv4 length/checksum, partial TCP checksum."""
+    flags, kind, hdr_len, gso_size, start, offset = data.VNET_HDR.unpack_from(record)
+    assert (flags, kind, hdr_len, gso_size, start, offset) == (1, 1, 54, mss, 34, 16)
+    frame = record[10:]
+    (total,) = struct.unpack_from("!H", frame, 16)
+    assert total == len(frame) - 14
+    assert _fold(_words(frame[14:34])) == 0xFFFF
+    tcp = frame[34:]
+    pseudo = _words(frame[26:34]) + 6 + len(tcp)
+    zeroed = tcp[:16] + b"\0\0" + tcp[18:]
+    assert ~_fold(_words(tcp)) & 0xFFFF == ~_fold(pseudo + _words(zeroed)) & 0xFFFF
+    (seq,) = struct.unpack_from("!I", tcp, 4)
+    return seq, tcp[20:]
+
+
+def _coalesce(records: list[bytes]) -> list[bytes]:
+    gro, out = TcpCoalescer(), []
+    for record in records:
+        done, taken = gro.add(record)
+        if done is not None:
+            out.append(done)
+        if not taken:
+            out.append(record)
+    last = gro.flush()
+    return out + ([last] if last is not None else [])
+
+
+def test_segments_merge_back_into_one_super_frame() -> None:
+    payload = bytes(range(256)) * 160  # 40960 bytes, 41 segments of 1000
+    segments = segment_record(_super_frame(payload, 1000, v6=False))
+    (merged,) = _coalesce(segments)
+    seq, got = _check_super_frame(merged, 1000)
+    assert (seq, got) == (1000, payload)
+    assert merged[10 + 34 + 13] & 0x08  # the PSH of the last segment is kept
+
+
+@given(st.integers(min_value=0, max_value=40))
+def test_a_lost_segment_splits_the_run_and_nothing_else_changes(lost: int) -> None:
+    payload = bytes(range(256)) * 160
+    segments = segment_record(_super_frame(payload, 1000, v6=False))
+    del segments[lost]
+    stream = bytearray(b"?" * len(payload))
+    out = _coalesce(segments)
+    assert len(out) == (2 if 0 < lost < 40 else 1)  # the runs before and after the gap
+    for record in out:
+        if data.VNET_HDR.unpack_from(record)[1] == data.VNET_GSO_TCPV4:
+            seq, got = _check_super_frame(record, 1000)
+        else:  # a run of one stays a plain segment
+            (seq,) = struct.unpack_from("!I", record, 10 + 34 + 4)
+            got = record[10 + 54 :]
+        stream[seq - 1000 : seq - 1000 + len(got)] = got
+    expected = bytearray(payload)
+    gap = slice(lost * 1000, lost * 1000 + 1000)
+    expected[gap] = b"?" * len(expected[gap])  # the last segment is shorter
+    assert stream == expected
+
+
+def test_other_frames_pass_unchanged_and_in_order() -> None:
+    payload = bytes(200) * 20
+    segments = segment_record(_super_frame(payload, 1000, v6=False, flags=0x10))
+    arp = bytes(data.VNET_HDR_SIZE) + b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(28)
+    v6 = segment_record(_super_frame(payload, 1000, v6=True))
+    out = _coalesce([*segments[:2], arp, *v6, segments[2]])
+    assert out[0] != segments[0] and _check_super_frame(out[0], 1000)[0] == 1000
+    assert out[1:] == [arp, *v6, segments[2]]
+
+
+def test_flows_and_limits_are_respected() -> None:
+    payload = bytes(range(250)) * 40  # 10000 bytes
+    a = segment_record(_super_frame(payload, 1000, v6=False, flags=0x10))
+    b = [bytearray(r) for r in a]
+    for record in b:
+        record[10 + 34 : 10 + 36] = struct.pack("!H", 40001)  # another source port
+    interleaved = [r for pair in zip(a, b, strict=True) for r in pair]
+    assert _coalesce([bytes(r) for r in interleaved]) == [bytes(r) for r in interleaved]
+    gro = TcpCoalescer(limit=54 + 3000)
+    out = []
+    for record in a:
+        done, taken = gro.add(record)
+        assert taken
+        if done is not None:
+            out.append(done)
+    out.append(gro.flush())
+    assert [len(r) - 10 - 54 for r in out] == [3000, 3000, 3000, 1000]
