@@ -730,7 +730,9 @@ class DataPlane:
     def _deliver(self, body: memoryview, source: int, now: float) -> bool:
         """Write every record (vnet hdr + frame) to the TAP; learn the later frames' MACs.
 
-        Returns False when a record is malformed (the records before it are delivered)."""
+        The caller learned the first frame's source MAC; a later frame's is learned only if
+        it differs (a batch of small frames usually comes from one container).  Returns
+        False when a record is malformed (the records before it are delivered)."""
         learn = self.forwarder.macs.learn
         write = os.write
         tap_fd = self.tap_fd
@@ -738,6 +740,8 @@ class DataPlane:
         unpack_len = FRAME_LEN.unpack_from
         offset = FRAMES_PREFIX_SIZE
         end = len(body)
+        first_src_at = FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD + 6
+        first_src = bytes(body[first_src_at : first_src_at + 6])
         while offset < end:
             if offset + FRAME_RECORD_OVERHEAD > end:
                 return False  # truncated frame record header
@@ -747,7 +751,9 @@ class DataPlane:
             if frame_len < ETHERNET_HEADER_SIZE or stop > end:
                 return False  # the record overruns the datagram
             if offset != FRAMES_PREFIX_SIZE:
-                learn(bytes(body[start + 16 : start + 22]), source, now)
+                src = bytes(body[start + 16 : start + 22])
+                if src != first_src:
+                    learn(src, source, now)
             try:
                 write(tap_fd, body[start:stop])
                 counters.tap_frames_out += 1
