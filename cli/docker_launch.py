@@ -72,6 +72,12 @@ def client(url: str, timeout: int = 30) -> Any:
     return docker.APIClient(base_url=url, timeout=timeout)
 
 
+def engine_here(url: str) -> bool:
+    """An engine answers at `url` and runs in our network namespace (so its `weave`
+    container is this host's router, not another namespace's)."""
+    return engine_answers(url) and engine_shares_our_netns(url)
+
+
 def engine_answers(url: str) -> bool:
     if url.startswith("unix://") and not os.path.exists(url[len("unix://") :]):
         return False
@@ -240,7 +246,7 @@ def launch(router_args: list[str], password: str | None, mode: str, proxy: str |
     from pyweave.cli.launch import launch as launch_local
 
     url = engine_url()
-    answers = engine_answers(url) and engine_shares_our_netns(url)
+    answers = engine_here(url)
     if mode == "container" and not answers:
         raise CliError(
             f"weave launch --container: no Docker engine answers at {url} in this network namespace"
@@ -274,6 +280,6 @@ def stop() -> None:
             return
         raise CliError("weave router is not running")
     url = engine_url()
-    if engine_answers(url) and stop_container(url):
+    if engine_here(url) and stop_container(url):
         return  # launched as a container, record lost: never SIGTERM it (Docker restarts it)
     stop_local()

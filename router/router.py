@@ -4,9 +4,9 @@ Theory of operation: `Router.start` builds, in order, the `weave` bridge and the
 on it, the UDP data plane, the TCP control listener (port 6783) and the HTTP API
 (127.0.0.1:6784) — the API after everything it reports on, so a router that answers
 `GET /status` is a router that works — then the Docker integration (events, proxy), which
-needs the API.  From then on the event loop runs three kinds of work: the data plane's
-descriptor callbacks (hot), the connection manager's per-connection readers, and a few
-periodic tasks (heartbeats, dialing due targets, MAC expiry).  `Router.stop` closes
+needs the API.  Frames move in the data plane's own two threads (io/datapath.py); the
+event loop runs the connection manager's per-connection readers and a few periodic tasks
+(heartbeats, dialing due targets, MAC expiry), and applies the mesh's effects.  `Router.stop` closes
 connections with a reason, removes the TAP port and the listeners; the bridge stays, as
 with Weave Net.
 """
@@ -44,7 +44,7 @@ from pyweave.router.io import netlink
 from pyweave.router.io.api import ApiServer
 from pyweave.router.io.control import Security
 from pyweave.router.io.datapath import DataPlane, open_udp_socket
-from pyweave.router.io.tap import clamp_gso_max_size, open_tap
+from pyweave.router.io.tap import clamp_gso_max_size, open_tap, supports_nowait
 from pyweave.router.security import NoiseSecurity
 
 if TYPE_CHECKING:
@@ -196,11 +196,12 @@ class Router:
         log.info("underlay MTU %d, overlay MTU %d", self.underlay_mtu, self.mtu)
         await asyncio.to_thread(netlink.ensure_bridge, BRIDGE, self.mtu, bridge_mac(cfg.name))
         self._tap_fd = open_tap(TAP_NAME, offload=True)
+        tap_nowait = supports_nowait(self._tap_fd)  # before the device is up
         await asyncio.to_thread(clamp_gso_max_size, TAP_NAME)
         await asyncio.to_thread(netlink.enslave, TAP_NAME, BRIDGE, self.mtu)
         sock = open_udp_socket(cfg.port)
         self.dataplane = DataPlane(
-            loop, self._tap_fd, sock, self.forwarder, self.connections.heard, TAP_NAME
+            loop, self._tap_fd, sock, self.forwarder, self.connections.heard, TAP_NAME, tap_nowait
         )
         self.dataplane.start()
         self._control_server = await asyncio.start_server(

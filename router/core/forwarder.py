@@ -43,24 +43,8 @@ class Forwarder:
         self.macs = macs
         self.dropped_no_route = 0
 
-    def from_tap(self, dst_mac: bytes, src_mac: bytes, now: float) -> int | None:
-        """Decide for a frame our containers sent.
-
-        Returns the destination *peer* to put in the datagram (BROADCAST_PEER to flood),
-        or None to drop.
-        """
-        self.macs.learn(src_mac, LOCAL, now)
-        if dst_mac[0] & 1:  # group bit: broadcast or multicast
-            return BROADCAST_PEER
-        owner = self.macs.lookup(dst_mac, now)
-        if owner is None:
-            return BROADCAST_PEER
-        if owner == LOCAL:
-            return None
-        return owner
-
     def learn_local(self, src_mac: bytes, now: float) -> None:
-        """A frame from our containers came from `src_mac` (the learning half of from_tap)."""
+        """A frame from our containers came from `src_mac`: it lives on our bridge."""
         self.macs.learn(src_mac, LOCAL, now)
 
     def learn_from_peer(self, src_mac: bytes, source: int, now: float) -> None:
@@ -68,22 +52,19 @@ class Forwarder:
         self.macs.learn(src_mac, source, now)
 
     def route_from_tap(self, dst_mac: bytes, now: float) -> tuple[int, tuple[int, ...]] | None:
-        """The deciding half of `from_tap`, and `next_hops`, in one call (the hot path).
+        """Decide for a frame our containers sent to `dst_mac`.
 
-        Returns (destination peer for the datagram header, neighbours to send it to), or
-        None to drop.  The data plane learns the source (`learn_local`) after sending."""
+        Returns (the destination *peer* for the datagram header, BROADCAST_PEER to flood;
+        the neighbours to send it to), or None to drop.  The data plane learns the source
+        (`learn_local`) after the frame has left."""
         if dst_mac[0] & 1:  # group bit: broadcast or multicast
-            return BROADCAST_PEER, self.routes.broadcast_next_hops(self.ourselves)
-        owner = self.macs.lookup(dst_mac, now)
-        if owner is None:
-            return BROADCAST_PEER, self.routes.broadcast_next_hops(self.ourselves)
-        if owner == LOCAL:
-            return None
-        hop = self.routes.next_hop(owner)
-        if hop is None:
-            self.dropped_no_route += 1
-            return owner, NO_PEERS
-        return owner, (hop,)
+            destination = BROADCAST_PEER
+        else:
+            owner = self.macs.lookup(dst_mac, now)
+            if owner == LOCAL:
+                return None
+            destination = BROADCAST_PEER if owner is None else owner
+        return destination, self.next_hops(destination, self.ourselves)
 
     def next_hops(self, destination: int, source: int) -> tuple[int, ...]:
         """The neighbours to send a frame to, for a datagram header (source, destination)."""

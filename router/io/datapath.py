@@ -103,7 +103,7 @@ IP_PMTUDISC_DONT = 0
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 DONTWAIT = socket.MSG_DONTWAIT
-NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # 0 where Python lacks it: tap_nowait is then False
 SOL_UDP = 17
 UDP_SEGMENT = 103  # setsockopt/cmsg: one sendmsg, many equal datagrams (Linux >= 4.18)
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels
@@ -165,19 +165,6 @@ def open_udp_socket(port: int) -> socket.socket:
     return sock
 
 
-def tap_supports_nowait(fd: int) -> bool:
-    """Whether a non-blocking read of this (blocking) descriptor works (Linux >= 5.x)."""
-    if not NOWAIT:
-        return False
-    try:
-        os.preadv(fd, [bytearray(TAP_READ_SIZE)], -1, NOWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return True  # a frame was waiting: it is lost, as if the queue had dropped it
-
-
 class DataPlane:
     def __init__(
         self,
@@ -187,6 +174,7 @@ class DataPlane:
         forwarder: Forwarder,
         on_heard: Callable[[Link, float], bool],
         tap_name: str = "",
+        tap_nowait: bool = False,
     ) -> None:
         self.loop = loop
         self.tap_fd = tap_fd
@@ -217,7 +205,7 @@ class DataPlane:
         self.flow_generation = 0
         self.running = False
         self._threads: list[threading.Thread] = []
-        self._tap_nowait = False
+        self._tap_nowait = tap_nowait  # preadv(RWF_NOWAIT) works (tap.supports_nowait)
 
     @property
     def counters(self) -> DataPlaneCounters:
@@ -232,7 +220,6 @@ class DataPlane:
     def start(self) -> None:
         os.set_blocking(self.tap_fd, True)
         self.sock.setblocking(True)
-        self._tap_nowait = tap_supports_nowait(self.tap_fd)
         self.running = True
         self._threads = [
             threading.Thread(target=self._tap_thread, name="dataplane-tap", daemon=True),

@@ -35,6 +35,18 @@ def test_few_datagrams_say_nothing() -> None:
     assert link.take_loss_report() == LOSS_UNKNOWN  # nothing at all: nothing to say
 
 
+def test_the_few_datagrams_threshold_is_five_missing() -> None:
+    for lost, known in ((4, False), (5, True)):
+        link = _link()
+        for counter in range(1, 30 - lost):  # 30 expected, fewer than a full sample
+            link.note_received(0, counter, 1400)
+        link.note_received(0, 30, 1400)
+        report = link.take_loss_report()
+        assert (report != LOSS_UNKNOWN) == known, (lost, report)
+        if known:
+            assert report == estimate_loss_ppm(30, 30 - lost, 1400)
+
+
 def test_a_flow_stalled_by_loss_is_reported_from_few_datagrams() -> None:
     # Super-frames lost whole (full reassembly memory) leave a trickle of small datagrams:
     # too few for a sample, but the gaps between their counters are unmistakable.
