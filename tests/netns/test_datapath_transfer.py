@@ -55,12 +55,13 @@ import hashlib, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
 s.bind(("0.0.0.0", int(sys.argv[1])))
-s.settimeout(3)
+s.settimeout(30)  # for the first datagram: the source is still starting
 good = bad = 0
 print("ready", flush=True)
 try:
     while True:
         d = s.recv(65535)
+        s.settimeout(3)  # then: 3 s of silence ends the transfer
         if hashlib.sha256(d[32:]).digest() == d[:32]:
             good += 1
         else:
@@ -122,7 +123,8 @@ def udp_transfer(net: Lab, src: str, dst: str, count: int = 200) -> None:
         reap(sink)
     good, bad = (int(x) for x in out.decode().split())
     assert bad == 0, f"{bad} datagrams arrived corrupted"
-    assert good >= count * 0.95, f"only {good} of {count} datagrams arrived"
+    # A lossless overlay, paced datagrams, an 8 MB receive buffer: every one must arrive.
+    assert good == count, f"only {good} of {count} datagrams arrived"
 
 
 def _offloads_on(net: Lab, host: str) -> None:

@@ -75,7 +75,7 @@ def test_other_frames_pass_unchanged_and_in_order() -> None:
     arp = bytes(data.VNET_HDR_SIZE) + b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(28)
     v6 = segment_record(_super_frame(payload, 1000, v6=True))
     out = _coalesce([*segments[:2], arp, *v6, segments[2]])
-    assert out[0] != segments[0] and _check_super_frame(out[0], 1000)[0] == 1000
+    assert _check_super_frame(out[0], 1000) == (1000, payload[:2000])
     assert out[1:] == [arp, *v6, segments[2]]
 
 
@@ -96,3 +96,6 @@ def test_flows_and_limits_are_respected() -> None:
             out.append(done)
     out.append(gro.flush())
     assert [len(r) - 10 - 54 for r in out] == [3000, 3000, 3000, 1000]
+    merged = [_check_super_frame(r, 1000) for r in out[:3]]
+    assert [seq for seq, _ in merged] == [1000, 4000, 7000]
+    assert b"".join(got for _, got in merged) + out[3][10 + 54 :] == payload
