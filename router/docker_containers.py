@@ -331,7 +331,9 @@ class DockerContainers:
 
     async def _release(self, short: str) -> None:
         self.dead.pop(short, None)
-        self._locks.pop(short, None)
+        lock = self._locks.get(short)
+        if lock is not None and not lock.locked():  # an attach in progress keeps its lock
+            del self._locks[short]
         record = self.router.attachments.remove(short)
         with contextlib.suppress(Exception):
             await self.router.api._dispatch("DELETE", f"/ip/{short}", None)
