@@ -6,10 +6,9 @@ throughput is the receiver's bits per second, UDP the delivered packets per seco
 ((packets - lost) / seconds, as the server counted them).  Ping sends 20 probes a second
 and reports the 50th/99th percentile of the per-probe RTTs.  While a run lasts, `ProcWatch`
 samples the routers' /proc/PID/stat (utime + stime -> CPU %, 100 % = one core) and
-/proc/PID/status (VmRSS, the maximum seen).  Underlay loss is `iptables -t raw -I
-PREROUTING -i eth0 -m statistic --mode random --probability P -j DROP` in every host: the
-raw table sees each IP fragment on its own (no conntrack, so no defragmentation before it),
-which is what a lossy wire does.
+/proc/PID/status (VmRSS, the maximum seen).  Underlay loss is `weave lab loss`: an
+iptables `statistic` rule on the underlay bridge, which sees every packet (IP fragment or
+segment) on its own, as a lossy wire would.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bench.setups import Setup, sh
+from bench.setups import LAB, Setup, sh
 
 IPERF_PORT = "5299"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -152,18 +151,19 @@ def ping_rtts(setup: Setup, seconds: float) -> tuple[float, float]:
 
 
 class Loss:
-    """Random underlay loss on every host's eth0 while the `with` block runs."""
+    """Random loss of the underlay's packets (`weave lab loss`) while the `with` block runs."""
 
     def __init__(self, setup: Setup, probability: float) -> None:
         self.setup = setup
-        self.rule = ["PREROUTING", "-i", "eth0", "-m", "statistic", "--mode", "random"]
-        self.rule += ["--probability", f"{probability}", "-j", "DROP"]
+        self.percent = f"{probability * 100:g}"
+
+    def _set(self, percent: str) -> None:
+        argv = [*LAB, "loss", "--prefix", self.setup.prefix, percent]
+        subprocess.run(argv, capture_output=True, check=True)
 
     def __enter__(self) -> Loss:
-        for i in range(1, self.setup.hosts + 1):
-            sh(self.setup.host(i), "iptables", "-t", "raw", "-I", *self.rule)
+        self._set(self.percent)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for i in range(1, self.setup.hosts + 1):
-            sh(self.setup.host(i), "iptables", "-t", "raw", "-D", *self.rule, check=False)
+        self._set("0")

@@ -46,7 +46,7 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     """Add `lab` with its sub-commands up/exec/down/demo to the `weave` parser."""
     lab = subparsers.add_parser("lab", help="simulated hosts in network namespaces")
     lab.set_defaults(func=run_lab)
-    sub = lab.add_subparsers(dest="lab_command", required=True, metavar="{up,exec,down,demo}")
+    sub = lab.add_subparsers(dest="lab_command", required=True, metavar="{up,exec,loss,down,demo}")
     up = sub.add_parser("up", help="create hosts, launch routers, attach containers")
     up.add_argument("--hosts", type=int, default=2, help="number of hosts (1-200)")
     up.add_argument("--containers", type=int, default=1, help="containers per host")
@@ -56,6 +56,8 @@ def add_lab_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     ex = sub.add_parser("exec", help="run a command in a lab namespace")
     ex.add_argument("name", help="h1, h1c2, ul or a full namespace name")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+    loss = sub.add_parser("loss", help="drop a random share of the underlay's packets")
+    loss.add_argument("percent", type=_percent, help="0 (no loss) to 99.9")
     sub.add_parser("down", help="remove the lab, whatever state it is in")
     demo = sub.add_parser("demo", help="up, ping across hosts, status, down")
     demo.add_argument("--hosts", type=int, default=2, help="number of hosts")
@@ -71,6 +73,9 @@ def run_lab(args: argparse.Namespace) -> int:
             return 0
         if args.lab_command == "exec":
             return lab_exec(args.name, args.cmd, args.prefix)
+        if args.lab_command == "loss":
+            lab_loss(args.prefix, args.percent)
+            return 0
         if args.lab_command == "down":
             lab_down(args.prefix)
             return 0
@@ -137,7 +142,8 @@ def _build_namespaces(record: LabRecord) -> None:
             record.underlay_netns, st.UNDERLAY_BRIDGE, host.name, host.netns, "eth0", host.underlay
         )
         lab_net.write_sysctls(host.netns, lab_net.BRIDGE_NF_SYSCTLS)
-        lab_net.segment_udp_before_the_wire(host.netns, "eth0")
+        lab_net.model_a_nic(host.netns, "eth0", gro=True)
+        lab_net.model_a_nic(record.underlay_netns, host.name, gro=False)
         Path(host.state_dir).mkdir(parents=True, exist_ok=True)
         for container in host.containers:
             lab_net.create_namespace(container.netns)
@@ -242,6 +248,63 @@ def lab_exec(name: str, cmd: Sequence[str], prefix: str) -> int:
     except KeyboardInterrupt:
         return 130
     return 128 - returncode if returncode < 0 else returncode
+
+
+# ---------------------------------------------------------------- loss
+
+LOSS_COMMENT = "weave-lab-loss"
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 100)")
+    return value
+
+
+def lab_loss(prefix: str, percent: float) -> None:
+    """Drop `percent` % of the packets crossing the underlay bridge, at random (0: none).
+
+    The rule sits in the underlay namespace (iptables raw PREROUTING, `statistic` match,
+    with bridged packets passed through iptables while it exists), where every packet is
+    still on its own: hosts segment at their egress and GRO merges only on the receiving
+    host, after the wire (lab_net.model_a_nic)."""
+    from pyweave.cli import lab_net
+
+    underlay = st.resolve_target("ul", st.check_prefix(prefix)).netns
+    if not (NETNS_RUN_DIR / underlay).exists():
+        raise LabError(f"loss: no lab with prefix {prefix!r}")
+    rule = ["PREROUTING", "-m", "comment", "--comment", LOSS_COMMENT]
+    while _iptables(underlay, "-D", *_loss_rule_of(underlay)) == 0:
+        pass
+    if percent:
+        statistic = ["-m", "statistic", "--mode", "random", "--probability", f"{percent / 100}"]
+        if _iptables(underlay, "-I", *rule, *statistic, "-j", "DROP") != 0:
+            raise LabError("loss: iptables could not add the rule (is iptables installed?)")
+    calls = "1" if percent else "0"
+    lab_net.write_sysctls(underlay, {"net/bridge/bridge-nf-call-iptables": calls})
+
+
+def _loss_rule_of(underlay: str) -> list[str]:
+    """The loss rule now in place (as iptables -S prints it, ready for -D), or []."""
+    listing = subprocess.run(
+        ["ip", "netns", "exec", underlay, "iptables", "-t", "raw", "-S", "PREROUTING"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    for line in listing.splitlines():
+        if LOSS_COMMENT in line and line.startswith("-A "):
+            return line.split()[1:]
+    return ["-no-such-rule-"]
+
+
+def _iptables(netns: str, *args: str) -> int:
+    argv = ["ip", "netns", "exec", netns, "iptables", "-t", "raw", *args]
+    return subprocess.run(argv, capture_output=True, check=False).returncode
 
 
 # ---------------------------------------------------------------- down

@@ -134,27 +134,41 @@ def write_sysctls(ns_name: str, values: Mapping[str, str]) -> list[str]:
     return written
 
 
-def segment_udp_before_the_wire(ns_name: str, ifname: str) -> None:
-    """Turn off `tx-udp-segmentation` on ifname (ethtool -K), as on a NIC without USO.
+def model_a_nic(ns_name: str, ifname: str, gro: bool) -> None:
+    """Make the veth ifname behave like a network card on a real wire (ethtool -K).
 
-    A veth would carry a UDP GSO packet (one `sendmsg` with UDP_SEGMENT, up to 64
-    datagrams) across the underlay whole, and an iptables `statistic` loss rule would drop
-    or keep all of its datagrams together.  Segmented at the host's egress, every datagram
-    is its own packet on the wire, as on a real network."""
+    Segmentation offloads off: a veth would otherwise carry a TCP or UDP GSO packet (up to
+    64 KB, one `sendmsg` with UDP_SEGMENT) across the underlay bridge whole, where no real
+    wire carries more than an MTU per packet; an iptables `statistic` loss rule would then
+    drop or keep all of its datagrams together.  The kernel now segments at the host's
+    egress (software GSO, as for a card without TSO/USO).  With `gro`, the receive side
+    runs NAPI and GRO like a card's driver (a veth has neither by default), so the
+    receiving host merges a flow's packets before its stack, as it would behind a NIC."""
     from pyroute2.ethtool import Ethtool
 
-    def turn_off() -> None:
+    def configure() -> None:
         ethtool = Ethtool()
         try:
             features = ethtool.get_features(ifname)
-            feature = features.features.get("tx-udp-segmentation")
-            if feature is not None and feature.enable:
-                feature.enable = False
+            wanted = {
+                name: False
+                for name, feature in features.features.items()
+                if name.endswith("-segmentation") and feature.enable
+            }
+            if gro:
+                wanted["rx-gro"] = True
+            changed = False
+            for name, enable in wanted.items():
+                feature = features.features.get(name)
+                if feature is not None and feature.enable != enable:
+                    feature.enable = enable
+                    changed = True
+            if changed:
                 ethtool.set_features(ifname, features)
         finally:
             ethtool.close()
 
-    _run_inside(ns_name, turn_off)
+    _run_inside(ns_name, configure)
 
 
 def _setns(fd: int, nstype: int) -> None:

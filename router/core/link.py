@@ -81,8 +81,10 @@ class Link:
         self.endpoint = endpoint
         self.local_index = local_index
         self.remote_index = remote_index
+        self.max_datagram = max_datagram  # larger datagrams travel as pieces (wire/pieces.py)
         self.max_body = max_datagram - self.overhead
         self.send_counter = 0
+        self.train = 0  # the number of the last datagram sent as pieces
         # Held around seal + send and key switches; a real lock once a data plane shares it.
         self.send_lock: AbstractContextManager[object] = nullcontext()
         self.last_heard = 0.0

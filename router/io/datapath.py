@@ -86,6 +86,16 @@ from pyweave.router.core.wire.data import (
 )
 from pyweave.router.core.wire.gro import TcpCoalescer
 from pyweave.router.core.wire.gso import segment_record
+from pyweave.router.core.wire.pieces import (
+    DATAGRAM_PIECE,
+    PIECE_HEADER_SIZE,
+    TRAIN_MASK,
+    PieceHeaders,
+    PieceJoiner,
+    TrainCopier,
+    pieces_fit,
+    train_in_read,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +116,12 @@ DONTWAIT = socket.MSG_DONTWAIT
 NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # 0 where Python lacks it: tap_nowait is then False
 SOL_UDP = 17
 UDP_SEGMENT = 103  # setsockopt/cmsg: one sendmsg, many equal datagrams (Linux >= 4.18)
+UDP_GRO = 104  # setsockopt/cmsg: receive a GRO-merged run of datagrams in one read (>= 5.0)
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels
 GSO_SIZE = struct.Struct("=H")
+GRO_SIZE = struct.Struct("=i")  # the UDP_GRO cmsg: the size of the merged datagrams
+GSO_UNSUPPORTED = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 ERROR_PAUSE = 0.01  # seconds a thread waits after a failed blocking read (device gone)
 STOP_TIMEOUT = 2.0
 
@@ -126,6 +140,10 @@ class DataPlaneCounters:
         self.frames_segmented = 0
         self.internal_errors = 0  # unexpected exceptions in a data-plane thread (logged)
         self.segments_merged = 0  # TCP segments merged into super-frames before the TAP
+        self.trains_sent = 0  # datagrams sent as a train of pieces (core/wire/pieces.py)
+        self.trains_joined = 0  # trains received and joined (all pieces in one read, or not)
+        self.trains_joined_piecewise = 0  # of those, trains whose pieces came in several reads
+        self.trains_given_up = 0  # trains never completed (a piece lost)
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -140,7 +158,7 @@ class SegmentBatch:
     receiving socket): ~45 times fewer system calls.  All but the last datagram of a batch
     must have the same size; a shorter one ends the batch."""
 
-    __slots__ = ("buf", "count", "endpoint", "last", "size", "used", "view")
+    __slots__ = ("buf", "count", "endpoint", "last", "pieces", "size", "used", "view")
 
     def __init__(self) -> None:
         self.buf = bytearray(MAX_UDP_PAYLOAD)
@@ -148,6 +166,7 @@ class SegmentBatch:
         self.used = self.size = self.count = 0
         self.endpoint: tuple[str, int] = ("", 0)
         self.last = False  # a shorter datagram was added: nothing may follow it
+        self.pieces = PieceHeaders()  # the same thread's trains of pieces
 
 
 def open_udp_socket(port: int) -> socket.socket:
@@ -159,8 +178,11 @@ def open_udp_socket(port: int) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
         except OSError:  # not CAP_NET_ADMIN: capped by rmem_max / wmem_max
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-    # Super-frames (up to 64 KB) travel as IP fragments: the kernel must not refuse them.
+    # Datagrams too large for pieces (a small path MTU) travel as IP fragments.
     sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+    # Pieces merged by the host's GRO arrive in one read (else one read per piece).
+    with contextlib.suppress(OSError):
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
     sock.bind(("0.0.0.0", port))
     return sock
 
@@ -194,6 +216,8 @@ class DataPlane:
         self.udp_buf = bytearray(UDP_READ_SIZE)
         self.relay_buf = bytearray(MAX_UDP_PAYLOAD + 64)  # UDP thread: relayed bodies
         self.tap_segments = SegmentBatch()  # TAP thread
+        self.joiner = PieceJoiner()  # UDP thread: trains that did not arrive in one read
+        self.join_buf = bytearray(MAX_UDP_PAYLOAD)  # UDP thread: trains that did
         self.gro = TcpCoalescer()  # UDP thread: merges segments before the TAP
         self.relay_segments = SegmentBatch()  # UDP thread
         self.udp_gso = True  # cleared if the kernel refuses UDP_SEGMENT
@@ -215,6 +239,10 @@ class DataPlane:
             for name, value in vars(part).items():
                 setattr(total, name, getattr(total, name) + value)
         total.segments_merged = self.gro.merged
+        total.trains_joined += self.joiner.joined
+        total.trains_joined_piecewise = self.joiner.joined
+        total.trains_given_up = self.joiner.given_up
+        total.drops_malformed += self.joiner.malformed
         return total
 
     def start(self) -> None:
@@ -292,10 +320,49 @@ class DataPlane:
             counters.udp_send_errors += 1
 
     def _seal_and_send(
-        self, link: Link, buf: bytearray, end: int, counters: DataPlaneCounters
+        self,
+        link: Link,
+        buf: bytearray,
+        end: int,
+        counters: DataPlaneCounters,
+        segments: SegmentBatch,
     ) -> None:
         with link.send_lock:
-            self._sendto(link.seal_into(buf, end), link.endpoint, counters)
+            self._send_datagram(link, link.seal_into(buf, end), counters, segments.pieces)
+
+    def _send_datagram(
+        self,
+        link: Link,
+        datagram: memoryview,
+        counters: DataPlaneCounters,
+        headers: PieceHeaders,
+    ) -> None:
+        """Send a sealed datagram: alone, or as a train of pieces if it exceeds the path MTU.
+
+        The caller holds the link's send lock (the train number is per link)."""
+        total = len(datagram)
+        largest = link.max_datagram
+        if total <= largest or not self.udp_gso or not pieces_fit(total, largest):
+            self._sendto(datagram, link.endpoint, counters)
+            return
+        size = largest - PIECE_HEADER_SIZE
+        link.train = train = (link.train + 1) & TRAIN_MASK
+        count = headers.fill(link.remote_index, train, size, total)
+        iov: list[memoryview] = [datagram] * (2 * count)
+        iov[0::2] = headers.views[:count]
+        iov[1::2] = headers.payloads(datagram, size, count)
+        cmsg = [(SOL_UDP, UDP_SEGMENT, GSO_SIZE.pack(largest))]
+        try:
+            self.sock.sendmsg(iov, cmsg, DONTWAIT, link.endpoint)
+            counters.udp_datagrams_out += 1
+            counters.trains_sent += 1
+        except OSError as exc:
+            if exc.errno in GSO_UNSUPPORTED:
+                self.udp_gso = False
+                log.warning("UDP_SEGMENT refused (%s): large datagrams go as IP fragments", exc)
+                self._sendto(datagram, link.endpoint, counters)
+            else:
+                counters.udp_send_errors += 1
 
     def send_heartbeat(self, link: Link, now: float) -> None:
         self.send_body(link, push_heartbeat(BODY_HEARTBEAT, now, link.take_loss_report()))
@@ -326,7 +393,7 @@ class DataPlane:
                 if gso:
                     self._add_segment(link, buf, end, segments, counters)
                 else:
-                    self._seal_and_send(link, buf, end, counters)
+                    self._seal_and_send(link, buf, end, counters, segments)
                 end = RECORD_AT
             buf[end : end + size] = record
             end += size
@@ -334,7 +401,7 @@ class DataPlane:
             if gso:
                 self._add_segment(link, buf, end, segments, counters)
             else:
-                self._seal_and_send(link, buf, end, counters)
+                self._seal_and_send(link, buf, end, counters, segments)
         if gso:
             self._send_segments(segments, counters)
 
@@ -380,8 +447,7 @@ class DataPlane:
                 self.sock.sendmsg([data], cmsg, DONTWAIT, batch.endpoint)
             counters.udp_datagrams_out += batch.count
         except OSError as exc:
-            unsupported = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
-            if batch.count > 1 and exc.errno in unsupported:
+            if batch.count > 1 and exc.errno in GSO_UNSUPPORTED:
                 self.udp_gso = False  # this kernel or path cannot: one sendto per datagram
                 log.warning("UDP_SEGMENT refused (%s): segment mode sends one by one", exc)
                 for offset in range(0, batch.used, batch.size):
@@ -438,6 +504,8 @@ class DataPlane:
         largest = MAX_UDP_PAYLOAD + HEADER_SIZE  # end + link.overhead beyond: not one datagram
         batches: dict[tuple[int, int], list[bytes]] = {}
         tap_out = (self.batch_buf, counters, self.tap_segments)
+        send_datagram = self._send_datagram
+        pieces = self.tap_segments.pieces
         macs = self.forwarder.macs
         flows = self.flows
         seen_macs = seen_generation = -1
@@ -530,11 +598,15 @@ class DataPlane:
                             continue
                         buf[HEADER_SIZE:RECORD_AT] = prefix
                         with link.send_lock:
-                            try:
-                                sendto(link.seal_into(buf, end), DONTWAIT, link.endpoint)
-                                counters.udp_datagrams_out += 1
-                            except OSError:
-                                counters.udp_send_errors += 1
+                            datagram = link.seal_into(buf, end)
+                            if len(datagram) > link.max_datagram:
+                                send_datagram(link, datagram, counters, pieces)
+                            else:
+                                try:
+                                    sendto(datagram, DONTWAIT, link.endpoint)
+                                    counters.udp_datagrams_out += 1
+                                except OSError:
+                                    counters.udp_send_errors += 1
                         if not i:
                             now = monotonic()
                         continue
@@ -582,7 +654,11 @@ class DataPlane:
         links = self.links_by_index
         buf = self.udp_buf
         view = memoryview(buf)
-        recv_into = self.sock.recv_into
+        recvmsg_into = self.sock.recvmsg_into
+        into = [buf]
+        unpack_gso = GRO_SIZE.unpack
+        joiner_add = self.joiner.add
+        copy_train = TrainCopier(buf, self.join_buf).copy
         unpack_header = HEADER.unpack_from
         monotonic = time.monotonic
         from_peer = self.forwarder.from_peer
@@ -601,7 +677,7 @@ class DataPlane:
         tap_fd = self.tap_fd
         while True:
             try:
-                n = recv_into(buf)  # blocks: the idle router sleeps here
+                n, ancdata, _flags, _addr = recvmsg_into(into, GRO_CMSG_SPACE)  # idle: blocks
             except OSError as exc:  # ECONNREFUSED from an earlier send: not fatal
                 if not self.running or exc.errno == errno.EBADF:
                     return
@@ -615,72 +691,95 @@ class DataPlane:
                 for i in range(DRAIN_BUDGET):
                     if i:
                         try:
-                            n = recv_into(buf, 0, DONTWAIT)
+                            n, ancdata, _flags, _addr = recvmsg_into(into, GRO_CMSG_SPACE, DONTWAIT)
                         except BlockingIOError:
                             break
                         except OSError:  # ECONNREFUSED from an earlier send: not fatal
                             continue
-                    counters.udp_datagrams_in += 1
-                    if n <= HEADER_SIZE:
-                        counters.drops_malformed += 1
-                        continue
-                    _kind, epoch, _reserved, index, counter = unpack_header(buf)
-                    link = links.get(index)
-                    if link is None:
-                        counters.drops_unknown_link += 1
-                        continue
-                    body = link.open(view[:n])
-                    if body is None:
-                        continue
-                    # Frames for us go to the TAP first; the bookkeeping follows.
-                    if body[0] != BODY_FRAMES:
-                        self._on_control_body(link, body, now)
-                    elif len(body) < frames_min:
-                        counters.drops_malformed += 1
-                    elif body[7:13] == ourselves_bytes and body[1:7] != ourselves_bytes:
-                        (frame_len,) = unpack_len(body, FRAMES_PREFIX_SIZE)
-                        if len(body) == FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD + frame_len:
-                            # One record (a super-frame, a segment, a lone frame): no loop.
-                            # TCP segments (partial checksum, no GSO) may merge (gro.py).
-                            record = body[first_record_at:]
-                            if record[0] == VNET_F_NEEDS_CSUM and not record[1]:
-                                done, taken = gro_add(record)
-                            else:
-                                done, taken = gro_flush(), False
-                            try:
-                                if done is not None:
-                                    write(tap_fd, done)
-                                    counters.tap_frames_out += 1
-                                if not taken:
-                                    write(tap_fd, record)
-                                    counters.tap_frames_out += 1
-                            except OSError:  # TAP queue full or device gone
-                                counters.tap_drops += 1
-                            source = int.from_bytes(body[1:7], "big")
+                    stride = unpack_gso(ancdata[0][2])[0] if ancdata else n
+                    at = 0
+                    while at < n:  # the datagrams of one read (several if GRO merged them)
+                        if buf[at] == DATAGRAM_PIECE:
+                            train = train_in_read(buf, at, stride, n) if at + stride < n else None
+                            if train is None:  # pieces out of a whole train: joined slowly
+                                stop = at + stride if at + stride < n else n
+                                joined = joiner_add(view[at:stop])
+                                at = stop
+                                if joined is None:
+                                    continue
+                                datagram = memoryview(joined)
+                            else:  # a whole train, in order: copy the pieces together
+                                count, size, total = train
+                                datagram = copy_train(at, stride, count, size, total)
+                                at += (count - 1) * stride + PIECE_HEADER_SIZE
+                                at += total - (count - 1) * size
+                                counters.trains_joined += 1
                         else:
-                            self._flush_gro()
-                            source = int.from_bytes(body[1:7], "big")
-                            if not deliver(body, source, now):
-                                counters.drops_malformed += 1
-                                continue
-                        learn_from_peer(bytes(body[src_mac_at : src_mac_at + 6]), source, now)
-                    else:
-                        source = int.from_bytes(body[1:7], "big")
-                        destination = int.from_bytes(body[7:13], "big")
-                        to_tap, relay = from_peer(
-                            source, destination, bytes(body[src_mac_at : src_mac_at + 6]), now
-                        )
-                        if to_tap:
-                            self._flush_gro()
-                        if to_tap and not deliver(body, source, now):
+                            stop = at + stride if at + stride < n else n
+                            datagram = view[at:stop]
+                            at = stop
+                        dsize = len(datagram)
+                        counters.udp_datagrams_in += 1
+                        if dsize <= HEADER_SIZE:
                             counters.drops_malformed += 1
-                        elif relay:
-                            self._relay(body, destination, relay)
-                    link.note_received(epoch, counter, n)
-                    link.last_heard = now
-                    if not link.confirmed:
-                        link.confirmed = True
-                        call_soon_threadsafe(confirm, link, now)
+                            continue
+                        _kind, epoch, _reserved, index, counter = unpack_header(datagram)
+                        link = links.get(index)
+                        if link is None:
+                            counters.drops_unknown_link += 1
+                            continue
+                        body = link.open(datagram)
+                        if body is None:
+                            continue
+                        # Frames for us go to the TAP first; the bookkeeping follows.
+                        if body[0] != BODY_FRAMES:
+                            self._on_control_body(link, body, now)
+                        elif len(body) < frames_min:
+                            counters.drops_malformed += 1
+                        elif body[7:13] == ourselves_bytes and body[1:7] != ourselves_bytes:
+                            (frame_len,) = unpack_len(body, FRAMES_PREFIX_SIZE)
+                            if len(body) == FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD + frame_len:
+                                # One record (a super-frame, a segment, a lone frame): no loop.
+                                # TCP segments (partial checksum, no GSO) may merge (gro.py).
+                                record = body[first_record_at:]
+                                if record[0] == VNET_F_NEEDS_CSUM and not record[1]:
+                                    done, taken = gro_add(record)
+                                else:
+                                    done, taken = gro_flush(), False
+                                try:
+                                    if done is not None:
+                                        write(tap_fd, done)
+                                        counters.tap_frames_out += 1
+                                    if not taken:
+                                        write(tap_fd, record)
+                                        counters.tap_frames_out += 1
+                                except OSError:  # TAP queue full or device gone
+                                    counters.tap_drops += 1
+                                source = int.from_bytes(body[1:7], "big")
+                            else:
+                                self._flush_gro()
+                                source = int.from_bytes(body[1:7], "big")
+                                if not deliver(body, source, now):
+                                    counters.drops_malformed += 1
+                                    continue
+                            learn_from_peer(bytes(body[src_mac_at : src_mac_at + 6]), source, now)
+                        else:
+                            source = int.from_bytes(body[1:7], "big")
+                            destination = int.from_bytes(body[7:13], "big")
+                            to_tap, relay = from_peer(
+                                source, destination, bytes(body[src_mac_at : src_mac_at + 6]), now
+                            )
+                            if to_tap:
+                                self._flush_gro()
+                            if to_tap and not deliver(body, source, now):
+                                counters.drops_malformed += 1
+                            elif relay:
+                                self._relay(body, destination, relay)
+                        link.note_received(epoch, counter, dsize)
+                        link.last_heard = now
+                        if not link.confirmed:
+                            link.confirmed = True
+                            call_soon_threadsafe(confirm, link, now)
                 self._flush_gro()  # the queue is empty: nothing waits behind a segment
             except Exception:
                 self._internal_error(counters)
@@ -772,7 +871,7 @@ class DataPlane:
                 )
                 continue
             buf[HEADER_SIZE : HEADER_SIZE + size] = body
-            self._seal_and_send(link, buf, HEADER_SIZE + size, counters)
+            self._seal_and_send(link, buf, HEADER_SIZE + size, counters, self.relay_segments)
 
 
 def _records_of(body: memoryview) -> list[bytes]:

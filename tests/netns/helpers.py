@@ -121,6 +121,10 @@ class Lab:
     def down(self) -> subprocess.CompletedProcess[str]:
         return lab_cli("down", "--prefix", self.prefix)
 
+    def loss(self, percent: float) -> None:
+        """Random loss of the underlay's packets (`weave lab loss`); 0 ends it."""
+        lab_cli("loss", "--prefix", self.prefix, f"{percent:g}")
+
     def exec(
         self,
         name: str,

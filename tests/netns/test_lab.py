@@ -17,7 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Lab, describe, lab_cli, lab_namespaces, spawn_in, weave_cli_ready
+from helpers import (
+    Lab,
+    describe,
+    lab_cli,
+    lab_namespaces,
+    spawn_in,
+    weave_argv,
+    weave_cli_ready,
+)
 from pyweave.cli import lab_state
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -49,6 +57,33 @@ def test_up_records_layout_and_disables_bridge_netfilter(lab: LabFactory) -> Non
     sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables"
     probe = net.exec("h1", "sh", "-c", f"test ! -e {sysctl} || cat {sysctl}")
     assert probe.stdout.strip() in ("", "0")
+
+
+def test_loss_sets_and_clears_one_rule_on_the_underlay(lab: LabFactory) -> None:
+    net = lab(hosts=2, containers=0, launch=False)
+
+    def rules() -> list[str]:
+        listing = net.exec("ul", "iptables", "-t", "raw", "-S", "PREROUTING").stdout
+        return [line for line in listing.splitlines() if "weave-lab-loss" in line]
+
+    net.loss(50)
+    net.loss(30)  # replaces, never stacks
+    (rule,) = rules()
+    assert abs(float(rule.split("--probability ")[1].split()[0]) - 0.3) < 1e-6
+    bridged = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+    assert net.exec("ul", "cat", bridged).stdout.strip() == "1"
+    sent = net.exec("h1", "ping", "-c", "40", "-i", "0.01", "-q", net.underlay_addr(2), check=False)
+    assert " 0% packet loss" not in sent.stdout, "a 30 % loss rule lost nothing"
+    net.loss(0)
+    assert rules() == [] and net.exec("ul", "cat", bridged).stdout.strip() == "0"
+    assert net.ping("h1", net.underlay_addr(2), count=5)
+    for bad in ("100", "-1", "lots"):
+        argv = [*weave_argv(), "lab", "loss", "--prefix", net.prefix, "--", bad]
+        refused = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert refused.returncode != 0
+        assert refused.stderr.count("\n") == 1 and bad in refused.stderr
+    gone = lab_cli("loss", "--prefix", "nolab-", "5", check=False)
+    assert gone.returncode == 1 and "no lab with prefix 'nolab-'" in gone.stderr
 
 
 def test_up_refuses_existing_lab(lab: LabFactory) -> None:
