@@ -164,15 +164,18 @@ class PlainLink(Link):
 
     def seal(self, body: bytes) -> bytes:
         self.send_counter += 1
-        return HEADER.pack(DATAGRAM_PLAIN, 0, 0, self.remote_index, self.send_counter) + body
+        length = HEADER_SIZE + len(body)
+        return HEADER.pack(DATAGRAM_PLAIN, 0, length, self.remote_index, self.send_counter) + body
 
     def seal_into(self, buf: bytearray, end: int) -> memoryview:
         self.send_counter += 1
-        HEADER.pack_into(buf, 0, DATAGRAM_PLAIN, 0, 0, self.remote_index, self.send_counter)
+        HEADER.pack_into(buf, 0, DATAGRAM_PLAIN, 0, end, self.remote_index, self.send_counter)
         return memoryview(buf)[:end]
 
     def open(self, datagram: bytes | memoryview) -> memoryview | None:
-        if len(datagram) <= HEADER_SIZE or datagram[0] != DATAGRAM_PLAIN:
+        size = len(datagram)
+        length = (datagram[2] << 8) | datagram[3] if size > HEADER_SIZE else 0
+        if size <= HEADER_SIZE or datagram[0] != DATAGRAM_PLAIN or (length and length != size):
             self.drops_malformed += 1
             return None
         return memoryview(datagram)[HEADER_SIZE:]

@@ -93,6 +93,7 @@ from pyweave.router.core.wire.pieces import (
     PieceHeaders,
     PieceJoiner,
     TrainCopier,
+    piece_end,
     pieces_fit,
     train_in_read,
 )
@@ -117,10 +118,8 @@ NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # 0 where Python lacks it: tap_nowait is 
 SOL_UDP = 17
 UDP_SEGMENT = 103  # setsockopt/cmsg: one sendmsg, many equal datagrams (Linux >= 4.18)
 UDP_GRO = 104  # setsockopt/cmsg: receive a GRO-merged run of datagrams in one read (>= 5.0)
-GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels
 GSO_SIZE = struct.Struct("=H")
-GRO_SIZE = struct.Struct("=i")  # the UDP_GRO cmsg: the size of the merged datagrams
 GSO_UNSUPPORTED = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 ERROR_PAUSE = 0.01  # seconds a thread waits after a failed blocking read (device gone)
 STOP_TIMEOUT = 2.0
@@ -654,9 +653,7 @@ class DataPlane:
         links = self.links_by_index
         buf = self.udp_buf
         view = memoryview(buf)
-        recvmsg_into = self.sock.recvmsg_into
-        into = [buf]
-        unpack_gso = GRO_SIZE.unpack
+        recv_into = self.sock.recv_into
         joiner_add = self.joiner.add
         copy_train = TrainCopier(buf, self.join_buf).copy
         unpack_header = HEADER.unpack_from
@@ -677,7 +674,7 @@ class DataPlane:
         tap_fd = self.tap_fd
         while True:
             try:
-                n, ancdata, _flags, _addr = recvmsg_into(into, GRO_CMSG_SPACE)  # idle: blocks
+                n = recv_into(buf)  # blocks: the idle router sleeps here
             except OSError as exc:  # ECONNREFUSED from an earlier send: not fatal
                 if not self.running or exc.errno == errno.EBADF:
                     return
@@ -691,18 +688,17 @@ class DataPlane:
                 for i in range(DRAIN_BUDGET):
                     if i:
                         try:
-                            n, ancdata, _flags, _addr = recvmsg_into(into, GRO_CMSG_SPACE, DONTWAIT)
+                            n = recv_into(buf, 0, DONTWAIT)
                         except BlockingIOError:
                             break
                         except OSError:  # ECONNREFUSED from an earlier send: not fatal
                             continue
-                    stride = unpack_gso(ancdata[0][2])[0] if ancdata else n
                     at = 0
                     while at < n:  # the datagrams of one read (several if GRO merged them)
                         if buf[at] == DATAGRAM_PIECE:
-                            train = train_in_read(buf, at, stride, n) if at + stride < n else None
-                            if train is None:  # pieces out of a whole train: joined slowly
-                                stop = at + stride if at + stride < n else n
+                            train = train_in_read(buf, at, n)
+                            if train is None:  # not a whole train here: joined piece by piece
+                                stop = piece_end(buf, at, n)
                                 joined = joiner_add(view[at:stop])
                                 at = stop
                                 if joined is None:
@@ -710,12 +706,17 @@ class DataPlane:
                                 datagram = memoryview(joined)
                             else:  # a whole train, in order: copy the pieces together
                                 count, size, total = train
-                                datagram = copy_train(at, stride, count, size, total)
-                                at += (count - 1) * stride + PIECE_HEADER_SIZE
-                                at += total - (count - 1) * size
+                                datagram = copy_train(at, count, size, total)
+                                at += (count - 1) * (PIECE_HEADER_SIZE + size)
+                                at += PIECE_HEADER_SIZE + total - (count - 1) * size
                                 counters.trains_joined += 1
-                        else:
-                            stop = at + stride if at + stride < n else n
+                        else:  # its header says how long it is (0: the rest of the read)
+                            stop = at + ((buf[at + 2] << 8) | buf[at + 3]) if n - at > 3 else n
+                            if stop == at or stop > n:  # a truncated one: its link drops it
+                                stop = n
+                            elif stop - at <= HEADER_SIZE:
+                                counters.drops_malformed += 1
+                                break  # the rest of the read cannot be split
                             datagram = view[at:stop]
                             at = stop
                         dsize = len(datagram)
@@ -723,7 +724,7 @@ class DataPlane:
                         if dsize <= HEADER_SIZE:
                             counters.drops_malformed += 1
                             continue
-                        _kind, epoch, _reserved, index, counter = unpack_header(datagram)
+                        _kind, epoch, _length, index, counter = unpack_header(datagram)
                         link = links.get(index)
                         if link is None:
                             counters.drops_unknown_link += 1

@@ -53,11 +53,23 @@ def rekey(sender: DataSender, receiver: DataReceiver, now: float) -> None:
     )
 
 
+def test_the_length_field_is_authenticated_and_checked() -> None:
+    a_send, _a_recv, _b_send, b_recv = connect()
+    dgram = bytearray(a_send.seal_datagram(7, b"frame"))
+    unspecified = bytearray(dgram)
+    unspecified[2:4] = b"\x00\x00"  # 0 = "to the end of the read": allowed, but authenticated
+    assert b_recv.open_datagram(unspecified) is None and b_recv.drops_auth == 1
+    wrong = bytearray(dgram)
+    wrong[2:4] = (len(dgram) + 1).to_bytes(2, "big")
+    assert b_recv.open_datagram(wrong) is None and b_recv.drops_malformed == 1
+    assert b_recv.open_datagram(dgram) == b"frame"
+
+
 def test_round_trip_both_directions_and_layout() -> None:
     a_send, a_recv, b_send, b_recv = connect()
     dgram = a_send.seal_datagram(0xDEADBEEF, b"frame")
     assert len(dgram) == len(b"frame") + OVERHEAD
-    assert HEADER.unpack_from(dgram) == (1, 0, 0, 0xDEADBEEF, 0)
+    assert HEADER.unpack_from(dgram) == (1, 0, len(dgram), 0xDEADBEEF, 0)
     assert b_recv.open_datagram(dgram) == b"frame"
     assert a_recv.open_datagram(b_send.seal_datagram(1, memoryview(b"back"))) == b"back"
     # A's own datagram (counter 1, fresh for A's receiver) fails: other direction's key.

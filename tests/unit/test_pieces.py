@@ -16,6 +16,7 @@ from pyweave.router.core.wire.pieces import (
     PieceHeaders,
     PieceJoiner,
     TrainCopier,
+    piece_end,
     pieces_fit,
     train_in_read,
 )
@@ -50,9 +51,9 @@ def test_a_whole_train_in_one_read_joins_to_the_datagram(total: int) -> None:
     assert len(pieces) == -(-total // SIZE)
     assert all(len(p) == MAX_DATAGRAM for p in pieces[:-1])
     buf, n = as_read(pieces)
-    found = train_in_read(buf, 0, MAX_DATAGRAM, n)
+    found = train_in_read(buf, 0, n)
     assert found == (len(pieces), SIZE, total)
-    joined = TrainCopier(buf, bytearray(65536)).copy(0, MAX_DATAGRAM, *found)
+    joined = TrainCopier(buf, bytearray(65536)).copy(0, *found)
     assert bytes(joined) == datagram
 
 
@@ -60,18 +61,18 @@ def test_a_train_after_another_datagram_in_the_same_read() -> None:
     other = os.urandom(MAX_DATAGRAM)  # a full-size ordinary datagram merged before it
     datagram = os.urandom(30000)
     buf, n = as_read([other, *cut(datagram)])
-    assert train_in_read(buf, MAX_DATAGRAM, MAX_DATAGRAM, n) is not None
+    assert train_in_read(buf, MAX_DATAGRAM, n) is not None
     copier = TrainCopier(buf, bytearray(65536))
-    found = train_in_read(buf, MAX_DATAGRAM, MAX_DATAGRAM, n)
+    found = train_in_read(buf, MAX_DATAGRAM, n)
     assert found is not None
-    assert bytes(copier.copy(MAX_DATAGRAM, MAX_DATAGRAM, *found)) == datagram
+    assert bytes(copier.copy(MAX_DATAGRAM, *found)) == datagram
     # The same copier for the next read, a train at its start (the slices are made anew).
     buf[:] = bytes(len(buf))
     again, n2 = as_read(cut(datagram[:9000]))
     buf[:n2] = again[:n2]
-    found2 = train_in_read(buf, 0, MAX_DATAGRAM, n2)
+    found2 = train_in_read(buf, 0, n2)
     assert found2 is not None
-    assert bytes(copier.copy(0, MAX_DATAGRAM, *found2)) == datagram[:9000]
+    assert bytes(copier.copy(0, *found2)) == datagram[:9000]
 
 
 def test_train_in_read_refuses_what_is_not_one_whole_train() -> None:
@@ -79,20 +80,20 @@ def test_train_in_read_refuses_what_is_not_one_whole_train() -> None:
     pieces = cut(datagram)
     # The last piece is missing (GRO flushed early): not whole.
     buf, n = as_read(pieces[:-1])
-    assert train_in_read(buf, 0, MAX_DATAGRAM, n) is None
+    assert train_in_read(buf, 0, n) is None
     # Two pieces swapped.
     buf, n = as_read([pieces[0], pieces[2], pieces[1], *pieces[3:]])
-    assert train_in_read(buf, 0, MAX_DATAGRAM, n) is None
+    assert train_in_read(buf, 0, n) is None
     # A piece of another train in the middle.
     stranger = cut(datagram, train=8)
     buf, n = as_read([*pieces[:3], stranger[3], *pieces[4:]])
-    assert train_in_read(buf, 0, MAX_DATAGRAM, n) is None
+    assert train_in_read(buf, 0, n) is None
     # Starting at piece 1.
     buf, n = as_read(pieces[1:])
-    assert train_in_read(buf, 0, MAX_DATAGRAM, n) is None
-    # A stride other than the announced piece size.
+    assert train_in_read(buf, 0, n) is None
+    # Not at the start of a piece.
     buf, n = as_read(pieces)
-    assert train_in_read(buf, 0, MAX_DATAGRAM - 1, n) is None
+    assert train_in_read(buf, 1, n) is None
 
 
 def test_the_joiner_takes_pieces_in_any_order_and_ignores_duplicates() -> None:
@@ -190,3 +191,12 @@ def test_headers_are_the_documented_layout() -> None:
     pieces = cut(os.urandom(3000), train=0xDEADBEEF, receiver=0xABCD)
     kinds = [PIECE.unpack_from(p) for p in pieces]
     assert kinds == [(DATAGRAM_PIECE, i, 3, 0, 0xABCD, 0xDEADBEEF, SIZE, 3000) for i in range(3)]
+
+
+def test_piece_end_follows_the_header_and_stays_in_the_read() -> None:
+    pieces = cut(os.urandom(3000))  # 1456 + 1456 + 88
+    buf, n = as_read(pieces[1:])
+    assert piece_end(buf, 0, n) == MAX_DATAGRAM
+    assert piece_end(buf, MAX_DATAGRAM, n) == n == MAX_DATAGRAM + PIECE_HEADER_SIZE + 88
+    assert piece_end(buf, 0, 100) == 100  # a truncated read: no further than its end
+    assert piece_end(buf, n - 4, n) == n  # not even a whole header

@@ -12,7 +12,7 @@ associated data, so every field is authenticated)::
 
     0  u8   message type (0x01 = data)
     1  u8   key epoch (wraps around)
-    2  u16  reserved, 0
+    2  u16  length of the whole datagram (0: up to the end of the read)
     4  u32  receiver index (chosen by the receiver at connection set-up)
     8  u64  counter; AEAD nonce = 4 zero bytes + counter
     16 ...  ciphertext + 16-byte tag
@@ -91,7 +91,7 @@ BytesLike = bytes | bytearray | memoryview
 
 # Datagram layout (sizes and offsets).
 MSG_TYPE_DATA: Final = 0x01
-HEADER: Final = struct.Struct(">BBHIQ")  # type, epoch, reserved, receiver index, counter
+HEADER: Final = struct.Struct(">BBHIQ")  # type, epoch, length, receiver index, counter
 HEADER_LEN: Final = HEADER.size  # 16
 COUNTER_OFFSET: Final = 8
 OVERHEAD: Final = HEADER_LEN + TAG_LEN  # 32 bytes added to every payload
@@ -216,7 +216,8 @@ class DataSender:
     def seal_datagram(self, receiver_index: int, payload: BytesLike) -> bytes:
         """Header + ciphertext for ``payload``, as new bytes (one AEAD call)."""
         counter = self._take_counter()
-        header = HEADER.pack(MSG_TYPE_DATA, self.epoch, 0, receiver_index, counter)
+        total = len(payload) + OVERHEAD
+        header = HEADER.pack(MSG_TYPE_DATA, self.epoch, total, receiver_index, counter)
         return header + self._aead.encrypt(_ZERO4 + header[COUNTER_OFFSET:], payload, header)
 
     def seal_datagram_into(
@@ -231,7 +232,7 @@ class DataSender:
         if len(buf) < total:
             raise ValueError(f"buffer too small: {len(buf)} < {total}")
         counter = self._take_counter()
-        HEADER.pack_into(buf, 0, MSG_TYPE_DATA, self.epoch, 0, receiver_index, counter)
+        HEADER.pack_into(buf, 0, MSG_TYPE_DATA, self.epoch, total, receiver_index, counter)
         _NONCE_COUNTER.pack_into(self._nonce, 4, counter)
         view = memoryview(buf)
         self._aead.encrypt_into(self._nonce, payload, view[:HEADER_LEN], view[HEADER_LEN:total])
@@ -342,8 +343,8 @@ class DataReceiver:
         if size < OVERHEAD or size > MAX_DATAGRAM_LEN:
             self.drops_malformed += 1
             return None
-        msg_type, epoch, reserved, _index, counter = HEADER.unpack_from(datagram)
-        if msg_type != MSG_TYPE_DATA or reserved:
+        msg_type, epoch, length, _index, counter = HEADER.unpack_from(datagram)
+        if msg_type != MSG_TYPE_DATA or (length and length != size):
             self.drops_malformed += 1
             return None
         entry = self._keys.get(epoch)

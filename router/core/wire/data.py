@@ -5,12 +5,15 @@ clear (and, when encrypted, authenticated as AEAD associated data):
 
     0  u8   message type      (DATAGRAM_PLAIN or DATAGRAM_SEALED)
     1  u8   key epoch         (which data key sealed it; 0 when plain)
-    2  u16  reserved          (0)
+    2  u16  length            (of the whole datagram; 0: up to the end of the read)
     4  u32  receiver index    (chosen by the receiving router for this connection)
     8  u64  counter           (per-connection sender counter; the AEAD nonce)
 
 The receiver index lets the receiver find the connection in one dict lookup, whatever the
-source address.  After the header comes the *body* (sealed or plain):
+source address.  The length lets a receiver split one read into datagrams when the host's
+GRO merged several of the same flow (the data socket has UDP_GRO on, for pieces:
+core/wire/pieces.py) without asking the kernel where they begin.  After the header comes
+the *body* (sealed or plain):
 
     0  u8   body kind         (BODY_FRAMES, BODY_HEARTBEAT, BODY_HEARTBEAT_ACK)
     frames body:
@@ -72,15 +75,15 @@ class MalformedDatagram(ValueError):
     """A datagram or body that does not follow the layout above."""
 
 
-def push_header(kind: int, epoch: int, receiver_index: int, counter: int) -> bytes:
-    return HEADER.pack(kind, epoch, 0, receiver_index, counter)
+def push_header(kind: int, epoch: int, receiver_index: int, counter: int, length: int = 0) -> bytes:
+    return HEADER.pack(kind, epoch, length, receiver_index, counter)
 
 
 def pull_header(datagram: bytes | memoryview) -> tuple[int, int, int, int]:
     """Return (kind, epoch, receiver_index, counter)."""
     if len(datagram) < HEADER_SIZE:
         raise MalformedDatagram(f"datagram of {len(datagram)} bytes is shorter than a header")
-    kind, epoch, _reserved, receiver_index, counter = HEADER.unpack_from(datagram)
+    kind, epoch, _length, receiver_index, counter = HEADER.unpack_from(datagram)
     return kind, epoch, receiver_index, counter
 
 

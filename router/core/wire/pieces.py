@@ -102,15 +102,28 @@ class PieceHeaders:
         return count
 
 
-def train_in_read(buf: bytearray, start: int, stride: int, end: int) -> tuple[int, int, int] | None:
-    """Whether the read buf[start:end] begins with a whole train, piece 0 first.
+def piece_end(buf: bytearray, start: int, end: int) -> int:
+    """Where the piece at buf[start:] ends, from its header (clamped to the read's end)."""
+    if start + PIECE_HEADER_SIZE > end:
+        return end
+    fields: tuple[int, ...] = PIECE.unpack_from(buf, start)
+    index, count, size, total = fields[1], fields[2], fields[6], fields[7]
+    payload = size if index + 1 < count else total - (count - 1) * size
+    return min(end, start + PIECE_HEADER_SIZE + max(payload, 1))
 
-    `stride` is the GRO segment size (every datagram in the read but the last has it).
+
+def train_in_read(buf: bytearray, start: int, end: int) -> tuple[int, int, int] | None:
+    """Whether the read buf[start:end] holds a whole train from `start`, piece 0 first.
+
     Returns (count, piece size, total) when pieces 0..count-1 of one train follow each
-    other from `start` with exactly the layout their headers announce; None otherwise."""
-    index, count, reserved, _receiver, _train, size, total = PIECE.unpack_from(buf, start)[1:]
-    if index or reserved or count < 2 or size != stride - PIECE_HEADER_SIZE:
+    other from `start` with exactly the layout their headers announce (each piece but the
+    last `PIECE_HEADER_SIZE + size` bytes long); None otherwise."""
+    if start + PIECE_HEADER_SIZE > end:
         return None
+    index, count, reserved, _receiver, _train, size, total = PIECE.unpack_from(buf, start)[1:]
+    if index or reserved or count < 2 or size < MIN_PIECE_SIZE:
+        return None
+    stride = PIECE_HEADER_SIZE + size
     last_at = start + (count - 1) * stride
     if last_at + PIECE_HEADER_SIZE + total - (count - 1) * size > end:
         return None
@@ -141,8 +154,9 @@ class TrainCopier:
         self._sources: list[memoryview] = []
         self._targets: list[memoryview] = []
 
-    def copy(self, start: int, stride: int, count: int, size: int, total: int) -> memoryview:
+    def copy(self, start: int, count: int, size: int, total: int) -> memoryview:
         """Join the train at source[start:] (see train_in_read); returns target[:total]."""
+        stride = PIECE_HEADER_SIZE + size
         if self._plan != (start, stride, size):
             self._plan = (start, stride, size)
             first = start + PIECE_HEADER_SIZE
