@@ -3,7 +3,7 @@
 Theory of operation: attaching creates a veth pair in the host's namespace — the host end
 (`vethwl<hash>`) on the `weave` bridge, the other end moved into the container's
 namespace and renamed `ethwe` — sets the bridge's MTU on both ends (and gso_max_size
-60000, so a container's TCP super-frames fit one sealed UDP datagram), adds the address(es)
+64000, so a container's TCP super-frames fit one sealed UDP datagram), adds the address(es)
 and brings it up, then announces the address with a gratuitous ARP so routers learn the
 MAC at once.  A second attach adds addresses to the existing `ethwe`.  The router is told
 about the attachment (for `weave ps` and persistence).  Detaching removes the given
@@ -27,7 +27,7 @@ from pyweave.router.api_types import Attachment
 BRIDGE = "weave"
 CONTAINER_IFNAME = "ethwe"
 ETH_P_ARP = 0x0806
-GSO_MAX_SIZE = 60000  # a sealed TCP super-frame must fit one 65,507-byte UDP datagram
+GSO_MAX_SIZE = 64000  # a sealed super-frame: one UDP datagram, its train one GRO skb
 
 
 def parse_cidrs(args: list[str]) -> list[ipaddress.IPv4Interface]:

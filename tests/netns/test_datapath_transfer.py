@@ -130,7 +130,7 @@ def udp_transfer(net: Lab, src: str, dst: str, count: int = 200) -> None:
 def _offloads_on(net: Lab, host: str) -> None:
     """The containers' veths carry super-frames (gso_max_size clamped, TSO on)."""
     link = net.exec(f"{host}c1", "ip", "-d", "link", "show", "ethwe").stdout
-    assert "gso_max_size 60000" in link
+    assert "gso_max_size 64000" in link
 
 
 @pytest.mark.parametrize("password", [None, "datapath-secret"], ids=["plain", "encrypted"])

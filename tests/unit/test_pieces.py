@@ -44,7 +44,7 @@ def as_read(pieces: list[bytes]) -> tuple[bytearray, int]:
     return buf, len(data)
 
 
-@pytest.mark.parametrize("total", [SIZE + 1, 2 * SIZE, 20000, 60000, 65507])
+@pytest.mark.parametrize("total", [SIZE + 1, 2 * SIZE, 20000, 60000, 64057, 64700])
 def test_a_whole_train_in_one_read_joins_to_the_datagram(total: int) -> None:
     datagram = os.urandom(total)
     pieces = cut(datagram)
@@ -180,8 +180,9 @@ def test_lost_pieces_hold_bounded_memory() -> None:
 
 
 def test_pieces_fit_the_udp_segment_limits() -> None:
-    assert pieces_fit(65507, MAX_DATAGRAM)
-    assert pieces_fit(65507, 9000 - 28)
+    assert pieces_fit(64057, MAX_DATAGRAM)  # the largest super-frame (gso_max_size 64000)
+    assert not pieces_fit(65507, MAX_DATAGRAM)  # its train would outgrow one GRO skb
+    assert pieces_fit(64057, 9000 - 28)
     assert not pieces_fit(65507, 576 - 28)  # more than MAX_PIECES pieces
     assert not pieces_fit(70000, MAX_DATAGRAM)
     assert not pieces_fit(2000, 200)  # pieces too small to be worth it

@@ -37,7 +37,7 @@ from pyweave.router.core.wire.data import (
     VNET_HDR_SIZE,
 )
 
-GRO_MAX_BYTES = 60000  # frame bytes of a merged super-frame (the TAP's gso_max_size)
+GRO_MAX_BYTES = 64000  # frame bytes of a merged super-frame (the TAP's gso_max_size)
 IP_AT = VNET_HDR_SIZE + 14  # untagged Ethernet
 TCP_AT = IP_AT + 20  # IPv4 without options
 PAYLOAD_MIN_AT = TCP_AT + 20

@@ -43,6 +43,7 @@ PIECE_HEADER_SIZE = PIECE.size  # 16
 MAX_PIECES = 64  # UDP_SEGMENT's limit on older kernels (UDP_MAX_SEGMENTS)
 MIN_PIECE_SIZE = 256
 MAX_TOTAL = 0xFFFF
+TRAIN_MAX = 65536 - 20 - 8  # GRO's 64 KB limit on the merged IPv4 packet, headers included
 OPEN_TRAINS = 8  # trains being joined at once (all receivers together)
 TRAIN_MASK = 0xFFFFFFFF
 INDEXES = bytes(range(256))
@@ -56,9 +57,16 @@ def piece_count(total: int, size: int) -> int:
 
 
 def pieces_fit(total: int, max_datagram: int) -> bool:
-    """True if a datagram of `total` bytes can travel as pieces of max_datagram bytes."""
+    """True if a datagram of `total` bytes can travel as pieces of max_datagram bytes.
+
+    The whole train must also fit one UDP_SEGMENT send and one GRO skb (TRAIN_MAX bytes of
+    UDP payload): a train that GRO must cut in two arrives in two reads and is joined
+    piece by piece, far slower (the TAP's gso_max_size is chosen to stay below)."""
     size = max_datagram - PIECE_HEADER_SIZE
-    return size >= MIN_PIECE_SIZE and total <= MAX_TOTAL and piece_count(total, size) <= MAX_PIECES
+    if size < MIN_PIECE_SIZE or total > MAX_TOTAL:
+        return False
+    count = piece_count(total, size)
+    return count <= MAX_PIECES and total + count * PIECE_HEADER_SIZE <= TRAIN_MAX
 
 
 class PieceHeaders:
