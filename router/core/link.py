@@ -85,6 +85,7 @@ class Link:
         self.max_body = max_datagram - self.overhead
         self.send_counter = 0
         self.train = 0  # the number of the last datagram sent as pieces
+        self.pieces = True  # cleared if the kernel refuses a train on this path
         # Held around seal + send and key switches; a real lock once a data plane shares it.
         self.send_lock: AbstractContextManager[object] = nullcontext()
         self.last_heard = 0.0
@@ -99,7 +100,10 @@ class Link:
         raise NotImplementedError
 
     def seal_into(self, buf: bytearray, end: int) -> memoryview:
-        """Seal the body at buf[HEADER_SIZE:end]; return the datagram."""
+        """Seal the body at buf[HEADER_SIZE:end]; return the datagram.
+
+        The datagram must start at offset 0 of the returned view's buffer (`.obj`): the
+        data plane cuts trains of pieces from views of that buffer made once."""
         raise NotImplementedError
 
     def open(self, datagram: bytes | memoryview) -> memoryview | None:

@@ -120,6 +120,7 @@ UDP_SEGMENT = 103  # setsockopt/cmsg: one sendmsg, many equal datagrams (Linux >
 UDP_GRO = 104  # setsockopt/cmsg: receive a GRO-merged run of datagrams in one read (>= 5.0)
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of older kernels
 GSO_SIZE = struct.Struct("=H")
+RECEIVER_INDEX = struct.Struct("!I")  # at offset 4 of every datagram and piece
 GSO_UNSUPPORTED = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 ERROR_PAUSE = 0.01  # seconds a thread waits after a failed blocking read (device gone)
 STOP_TIMEOUT = 2.0
@@ -341,7 +342,7 @@ class DataPlane:
         The caller holds the link's send lock (the train number is per link)."""
         total = len(datagram)
         largest = link.max_datagram
-        if total <= largest or not self.udp_gso or not pieces_fit(total, largest):
+        if total <= largest or not (link.pieces and self.udp_gso and pieces_fit(total, largest)):
             self._sendto(datagram, link.endpoint, counters)
             return
         size = largest - PIECE_HEADER_SIZE
@@ -357,8 +358,15 @@ class DataPlane:
             counters.trains_sent += 1
         except OSError as exc:
             if exc.errno in GSO_UNSUPPORTED:
-                self.udp_gso = False
-                log.warning("UDP_SEGMENT refused (%s): large datagrams go as IP fragments", exc)
+                # EINVAL/EIO: this path (a smaller route MTU, IPsec) cannot; the others may.
+                if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    self.udp_gso = False
+                link.pieces = False
+                log.warning(
+                    "UDP_SEGMENT refused towards %s (%s): large datagrams go as IP fragments",
+                    link.endpoint[0],
+                    exc,
+                )
                 self._sendto(datagram, link.endpoint, counters)
             else:
                 counters.udp_send_errors += 1
@@ -654,6 +662,7 @@ class DataPlane:
         buf = self.udp_buf
         view = memoryview(buf)
         recv_into = self.sock.recv_into
+        unpack_index = RECEIVER_INDEX.unpack_from
         joiner_add = self.joiner.add
         copy_train = TrainCopier(buf, self.join_buf).copy
         unpack_header = HEADER.unpack_from
@@ -699,6 +708,13 @@ class DataPlane:
                             train = train_in_read(buf, at, n)
                             if train is None:  # not a whole train here: joined piece by piece
                                 stop = piece_end(buf, at, n)
+                                if (
+                                    n - at < HEADER_SIZE
+                                    or unpack_index(buf, at + 4)[0] not in links
+                                ):
+                                    counters.drops_unknown_link += 1  # no memory for strangers
+                                    at = stop
+                                    continue
                                 joined = joiner_add(view[at:stop])
                                 at = stop
                                 if joined is None:

@@ -143,7 +143,9 @@ def test_tcp_and_udp_arrive_intact(lab: LabFactory, password: str | None) -> Non
     # The super-frames crossed the underlay as trains of pieces, joined on arrival.
     sent = json.loads(net.weave("h1", "report").stdout)["router"]["stats"]
     received = json.loads(net.weave("h2", "report").stdout)["router"]["stats"]
-    assert sent["trains_sent"] > 0 and received["trains_joined"] > 0
+    assert sent["trains_sent"] > 0
+    # ... most of them whole in one read (the copy path), not piece by piece.
+    assert received["trains_joined"] > 2 * received["trains_joined_piecewise"]
 
 
 GRO_OFF = """
@@ -163,7 +165,6 @@ def test_pieces_without_gro_are_joined_one_by_one(lab: LabFactory) -> None:
     tcp_transfer(net, "h1c1", "h2c1", 16 << 20)
     received = json.loads(net.weave("h2", "report").stdout)["router"]["stats"]
     assert received["trains_joined_piecewise"] > 0
-    assert received["trains_joined"] >= received["trains_joined_piecewise"]
 
 
 def ethwe_mtu(net: Lab, box: str) -> int:

@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 from helpers import Lab, describe, reap, start_in
 from pyweave.cli.lab import weave_argv
+from pyweave.router.core.wire.control import CONTROL_VERSION
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 LabFactory = Callable[..., Lab]
@@ -135,15 +136,16 @@ print(s.recv(65535).hex(), flush=True)
 # TCP garbage against a router's control port; prints, per probe, how the router reacted.
 TCP_PROBES = r"""
 import json, os, socket, struct, sys, time
+from pyweave.router.core.wire.control import CONTROL_VERSION
 target, port = sys.argv[1], int(sys.argv[2])
-pre = b"pyweave\x00\x01\x01"  # magic, version 1, mode 1 (password)
+pre = b"pyweave\x00" + bytes([CONTROL_VERSION, 1])  # magic, version, mode 1 (password)
 probes = {
     "random bytes": os.urandom(300),
     "huge length prefix": pre + b"\xff\xff\xff\xff",
     "http request": b"GET /status HTTP/1.1\r\nHost: 192.0.2.12\r\n\r\n",
     "forged noise message": pre + struct.pack("!I", 97) + b"\x01" + os.urandom(96),
     "short noise message": pre + struct.pack("!I", 5) + b"\x01" + os.urandom(4),
-    "plain-mode hello": b"pyweave\x00\x01\x00" + struct.pack("!I", 30) + os.urandom(30),
+    "plain-mode hello": pre[:-1] + b"\x00" + struct.pack("!I", 30) + os.urandom(30),
 }
 report = {}
 for name, data in probes.items():
@@ -168,8 +170,9 @@ print(json.dumps(report))
 # never comes), prints "ready", then reports after how long the router closed each one.
 TCP_HALF_OPEN = r"""
 import json, os, select, socket, struct, sys, time
+from pyweave.router.core.wire.control import CONTROL_VERSION
 target, port = sys.argv[1], int(sys.argv[2])
-pre = b"pyweave\x00\x01\x01"
+pre = b"pyweave\x00" + bytes([CONTROL_VERSION, 1])
 openers = [b"", b"", pre, pre, pre + struct.pack("!I", 4000) + b"\x01" + os.urandom(50)]
 start = time.monotonic()
 socks = {}
@@ -785,6 +788,7 @@ def test_trusted_subnets_carry_data_in_the_clear(lab: LabFactory, tmp_path: Path
     data = capture.data_datagrams(h1, h2) + capture.data_datagrams(h2, h1)
     assert data and data[-1][0] == PLAIN, "the trusted link does not send plain datagrams"
     control = capture.tcp_payload()
-    assert b"pyweave\x00\x01\x01" in control, "no encrypted-mode control preamble captured"
+    preamble = b"pyweave\x00" + bytes([CONTROL_VERSION, 1])
+    assert preamble in control, "no encrypted-mode control preamble captured"
     for plain_word in (b"topology", SECRET):
         assert plain_word not in control[20:], f"{plain_word!r} in clear on the control stream"

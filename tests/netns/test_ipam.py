@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import LabFactory
-from helpers import Lab, ipv4_cidrs, link_info
+from helpers import Lab, ipv4_cidrs, link_info, reap, start_in
 from pyweave.cli.lab import weave_argv
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(400)]
@@ -91,9 +92,15 @@ def one(name):
         if response.status != 503 or time.monotonic() > deadline:
             return "ERROR " + doc.get("error", "")
 
-names = sys.argv[2:]
+names = sys.argv[3:]
 with ThreadPoolExecutor(len(names)) as pool:
-    print(json.dumps(dict(zip(names, pool.map(one, names)))))
+    print(json.dumps(dict(zip(names, pool.map(one, names)))), flush=True)
+# The addresses belong to this process (pid:PID): it must outlive the other host's
+# allocations, or its router releases them ("container ... is gone") and they are handed
+# out again, rightly.  The test creates the release file when both hosts are done.
+deadline = time.monotonic() + 120
+while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.05)
 """
 
 
@@ -110,10 +117,17 @@ def attach_in_parallel(net: Lab, host: int, names: list[str]) -> dict[str, str]:
     return got
 
 
-def allocate_in_parallel(net: Lab, host: int, subnet: str, names: list[str]) -> dict[str, str]:
-    script = [sys.executable, "-c", ALLOC_SCRIPT, subnet, *names]
-    got: dict[str, str] = json.loads(net.exec(f"h{host}", *script, timeout=120).stdout)
-    return got
+def allocate_in_parallel(
+    net: Lab, host: int, subnet: str, names: list[str], release: Path
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """Allocate `names` at once on `host`; the allocating process (which holds the
+    addresses) lives on until `release` exists — reap it after that."""
+    script = [sys.executable, "-c", ALLOC_SCRIPT, subnet, str(release), *names]
+    proc = start_in(net.netns(f"h{host}"), script)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    got: dict[str, str] = json.loads(line) if line else {"?": "ERROR no answer"}
+    return proc, got
 
 
 def unreachable_from(net: Lab, src: str, addresses: list[str]) -> list[str]:
@@ -421,7 +435,7 @@ def relaunch_with(net: Lab, *flags: str) -> None:
     net.weave("h2", "launch", "--nickname", "h2", *flags, net.underlay_addr(1))
 
 
-def test_default_subnet(lab: LabFactory) -> None:
+def test_default_subnet(lab: LabFactory, tmp_path: Path) -> None:
     net = lab(hosts=2, containers=1)
     relaunch_with(net, "--ipalloc-default-subnet", str(SUBNET18))
     fields = status_fields(net.weave("h2", "status").stdout, "ipam")
@@ -439,12 +453,18 @@ def test_default_subnet(lab: LabFactory) -> None:
     held = {net.addr(1, 1), ip}  # h1c1 is 10.128.1.1
     names = [f"fill{i}" for i in range(254 - len(held))]
     half = len(names) // 2
+    release = tmp_path / "release"
     with ThreadPoolExecutor(2) as pool:
-        parts = pool.map(
-            lambda hn: allocate_in_parallel(net, hn[0], str(net24), hn[1]),
-            [(1, names[:half]), (2, names[half:])],
+        runs = list(
+            pool.map(
+                lambda hn: allocate_in_parallel(net, hn[0], str(net24), hn[1], release),
+                [(1, names[:half]), (2, names[half:])],
+            )
         )
-        filled = [cidr for part in parts for cidr in part.values()]
+    release.touch()
+    for proc, _ in runs:
+        reap(proc, timeout=10)
+    filled = [cidr for _, part in runs for cidr in part.values()]
     assert not [c for c in filled if c.startswith("ERROR")], filled
     assert all(c.endswith("/24") for c in filled)
     assert len(set(filled)) == len(filled), "an address was handed out twice"

@@ -201,3 +201,19 @@ def test_piece_end_follows_the_header_and_stays_in_the_read() -> None:
     assert piece_end(buf, MAX_DATAGRAM, n) == n == MAX_DATAGRAM + PIECE_HEADER_SIZE + 88
     assert piece_end(buf, 0, 100) == 100  # a truncated read: no further than its end
     assert piece_end(buf, n - 4, n) == n  # not even a whole header
+
+
+def test_a_train_of_more_than_max_pieces_is_never_taken_whole() -> None:
+    """The count byte allows 255 pieces; more than MAX_PIECES are refused whole (the copier
+    has slices for MAX_PIECES) and piece by piece (counted as malformed)."""
+    size, count = 256, MAX_PIECES + 1
+    datagram = os.urandom(count * size)
+    pieces = [
+        PIECE.pack(DATAGRAM_PIECE, i, count, 0, 1, 1, size, len(datagram))
+        + datagram[i * size : (i + 1) * size]
+        for i in range(count)
+    ]
+    buf, n = as_read(pieces)
+    assert train_in_read(buf, 0, n) is None
+    joiner = PieceJoiner()
+    assert joiner.add(memoryview(pieces[0])) is None and joiner.malformed == 1

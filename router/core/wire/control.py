@@ -30,7 +30,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"pyweave\x00"
-CONTROL_VERSION = 1
+CONTROL_VERSION = 2  # 2: datagram length field, trains of pieces (2026-11-28)
 MODE_PLAIN = 0
 MODE_NOISE_PSK = 1
 PREAMBLE = struct.Struct("!8sBB")

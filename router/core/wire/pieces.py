@@ -43,7 +43,7 @@ PIECE_HEADER_SIZE = PIECE.size  # 16
 MAX_PIECES = 64  # UDP_SEGMENT's limit on older kernels (UDP_MAX_SEGMENTS)
 MIN_PIECE_SIZE = 256
 MAX_TOTAL = 0xFFFF
-TRAIN_MAX = 65536 - 20 - 8  # GRO's 64 KB limit on the merged IPv4 packet, headers included
+TRAIN_MAX = 0xFFFF - 20 - 8  # the largest IPv4 UDP payload: one UDP_SEGMENT send, one GRO skb
 OPEN_TRAINS = 8  # trains being joined at once (all receivers together)
 TRAIN_MASK = 0xFFFFFFFF
 INDEXES = bytes(range(256))
@@ -129,7 +129,7 @@ def train_in_read(buf: bytearray, start: int, end: int) -> tuple[int, int, int] 
     if start + PIECE_HEADER_SIZE > end:
         return None
     index, count, reserved, _receiver, _train, size, total = PIECE.unpack_from(buf, start)[1:]
-    if index or reserved or count < 2 or size < MIN_PIECE_SIZE:
+    if index or reserved or not 2 <= count <= MAX_PIECES or size < MIN_PIECE_SIZE:
         return None
     stride = PIECE_HEADER_SIZE + size
     last_at = start + (count - 1) * stride
