@@ -17,8 +17,9 @@ as a memoryview.
 
 Loss awareness: the receiving side notes the (epoch, counter, size) of every authentic
 datagram (`note_received`); once per heartbeat `take_loss_report` turns the gaps in the
-counters into an estimate of the *underlay packet* loss rate (a datagram of k IP
-fragments is lost when any fragment is: P = 1 - (1 - p)^k, solved for p), which travels
+counters into an estimate of the *underlay packet* loss rate (a datagram of k
+packets on the wire — pieces, or IP fragments — is lost when any of them is:
+P = 1 - (1 - p)^k, solved for p), which travels
 to the peer in the heartbeat.  The peer's report about what *we* sent lands in
 `peer_reported_loss`, which sets `segment`: while true, the data plane cuts super-frames
 into path-MTU-sized datagrams (entered above LOSS_ENTER_PPM, left below LOSS_LEAVE_PPM).

@@ -22,13 +22,20 @@ per super-frame into its own output buffer).  The first frame of a wake-up goes 
 once, alone (latency); later small frames (ACKs, ARP, pings) are copied into
 per-(next hop, destination) batches and coalesced into path-MTU-sized datagrams at the end
 of the drain; a large frame first flushes the batch for its destination, so a flow's
-frames keep their order.  A TCP super-frame is cut into MSS-sized frames in software
-(core/wire/gso.py) when the link is in *segment* mode (the peer reports underlay loss, so
-a fragmented 64 KB datagram would be lost whole) or when it would not fit one datagram;
-those segments leave in UDP_SEGMENT batches (one `sendmsg` per super-frame).
+frames keep their order.  A datagram larger than the path MTU (a super-frame) leaves as a
+train of path-MTU pieces in one `sendmsg` with UDP_SEGMENT (core/wire/pieces.py), never
+copied: the iovec alternates piece headers and views of the sealed datagram.  A TCP
+super-frame is cut into MSS-sized frames in software (core/wire/gso.py) instead when the
+link is in *segment* mode (the peer reports underlay loss, so a 64 KB train would be lost
+whole) or when it would not fit one datagram; those segments leave in UDP_SEGMENT batches
+(one `sendmsg` per super-frame).
 
-Mesh -> TAP (UDP thread).  Datagrams are received into a preallocated buffer, opened by
-the link their receiver index names, accounted for the loss estimate, and their frame
+Mesh -> TAP (UDP thread).  Datagrams are received into a preallocated buffer.  The socket
+has UDP_GRO on, so one read may hold several datagrams of one sender, merged by the host's
+GRO: a whole train of pieces (copied together into one buffer), or ordinary datagrams,
+split by the length in their headers; pieces of a train that is not whole in the read are
+joined one by one (`PieceJoiner`).  Each datagram is opened by the link its receiver index
+names, accounted for the loss estimate, and their frame
 records are written to the TAP *with* their virtio_net_hdr, so the local kernel finishes
 partial checksums and segments super-frames for the containers.  Consecutive TCP segments
 of one flow (what segment mode sends) are merged back into super-frames first
