@@ -84,6 +84,7 @@ from pyweave.router.core.wire.data import (
     HEADER_SIZE,
     MAX_UDP_PAYLOAD,
     VNET_F_NEEDS_CSUM,
+    VNET_GSO_UDP_L4,
     VNET_HDR_SIZE,
     MalformedDatagram,
     pull_heartbeat,
@@ -104,6 +105,7 @@ from pyweave.router.core.wire.pieces import (
     pieces_fit,
     train_in_read,
 )
+from pyweave.router.core.wire.uso import cut_udp_record, merge_udp_runs
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,8 @@ class DataPlaneCounters:
         self.trains_joined = 0  # trains received and joined (all pieces in one read, or not)
         self.trains_joined_piecewise = 0  # of those, trains whose pieces came in several reads
         self.trains_given_up = 0  # trains never completed (a piece lost)
+        self.udp_frames_merged = 0  # small UDP frames merged into a GSO super-frame (uso.py)
+        self.udp_gso_cut = 0  # UDP GSO records the kernel refused, cut here (Linux < 6.2)
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -647,6 +651,10 @@ class DataPlane:
         for (hop, destination), records in batches.items():
             link = links.get(hop)
             if link is not None:
+                if len(records) > 1 and not link.segment:  # runs of small UDP datagrams
+                    merged = merge_udp_runs(records)
+                    counters.udp_frames_merged += len(records) - len(merged)
+                    records = merged
                 self._send_records(
                     link,
                     self.ourselves_bytes,
@@ -777,8 +785,8 @@ class DataPlane:
                                     if not taken:
                                         write(tap_fd, record)
                                         counters.tap_frames_out += 1
-                                except OSError:  # TAP queue full or device gone
-                                    counters.tap_drops += 1
+                                except OSError as exc:  # TAP full, device gone, no USO
+                                    self._write_failed(record, exc)
                                 source = int.from_bytes(body[1:7], "big")
                             else:
                                 self._flush_gro()
@@ -818,6 +826,28 @@ class DataPlane:
                 self.udp_counters.tap_frames_out += 1
             except OSError:
                 self.udp_counters.tap_drops += 1
+
+    def _write_failed(self, record: bytes | memoryview, exc: OSError) -> None:
+        """UDP thread: a TAP write failed; a UDP GSO record is cut and written here instead.
+
+        EINVAL for a GSO_UDP_L4 record means a kernel before 6.2 (or a record with more
+        segments than it takes): its datagrams go one by one.  Anything else is a drop."""
+        counters = self.udp_counters
+        if exc.errno != errno.EINVAL or record[1] != VNET_GSO_UDP_L4:
+            counters.tap_drops += 1
+            return
+        try:
+            frames = cut_udp_record(record)
+        except MalformedDatagram:
+            counters.drops_malformed += 1
+            return
+        counters.udp_gso_cut += 1
+        for frame in frames:
+            try:
+                os.write(self.tap_fd, frame)
+                counters.tap_frames_out += 1
+            except OSError:
+                counters.tap_drops += 1
 
     def _confirm(self, link: Link, now: float) -> None:
         """Control thread: the first datagram from `link` arrived."""
@@ -867,8 +897,8 @@ class DataPlane:
             try:
                 write(tap_fd, body[start:stop])
                 counters.tap_frames_out += 1
-            except OSError:  # TAP queue full or device gone
-                counters.tap_drops += 1
+            except OSError as exc:  # TAP queue full, device gone, no UDP GSO here
+                self._write_failed(body[start:stop], exc)
             offset = stop
         return True
 

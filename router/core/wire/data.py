@@ -68,6 +68,7 @@ VNET_F_NEEDS_CSUM = 1
 VNET_GSO_NONE = 0
 VNET_GSO_TCPV4 = 1
 VNET_GSO_TCPV6 = 4
+VNET_GSO_UDP_L4 = 5  # Linux >= 6.2 accepts it on a TAP write (core/wire/uso.py)
 VNET_GSO_ECN = 0x80
 
 

@@ -19,8 +19,10 @@ datagram — `segment_record` does the kernel's job here:
     TAP turns that into CHECKSUM_PARTIAL, so its kernel (or nobody, for local delivery)
     finishes the sum — the same contract as an unsegmented offloaded frame.
 
-Only TCPv4/TCPv6 GSO types exist on this path (the TAP is opened without UFO/USO); any
-other record is returned unchanged.  Input and output records are `virtio_net_hdr + frame`.
+The TAP is opened without UFO/USO, so TCPv4/TCPv6 are the GSO types it hands us; a
+GSO_UDP_L4 record (a run of small datagrams merged by the sender, core/wire/uso.py) is cut
+into one frame per datagram by `uso.cut_udp_record`; any other record is returned unchanged.
+Input and output records are `virtio_net_hdr + frame`.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from pyweave.router.core.wire.data import (
     VNET_GSO_NONE,
     VNET_GSO_TCPV4,
     VNET_GSO_TCPV6,
+    VNET_GSO_UDP_L4,
     VNET_HDR,
     VNET_HDR_SIZE,
     MalformedDatagram,
 )
+from pyweave.router.core.wire.uso import cut_udp_record
 
 ETH_P_IPV4 = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -81,6 +85,8 @@ def segment_record(record: bytes | memoryview, per_record: int = 1) -> list[byte
     view = memoryview(record)
     _flags, kind, _hdr_len, mss, _csum_start, _csum_off = VNET_HDR.unpack_from(view)
     kind &= ~VNET_GSO_ECN
+    if kind == VNET_GSO_UDP_L4:  # a run of small datagrams (uso.py): one frame each
+        return cut_udp_record(view)
     if kind not in (VNET_GSO_TCPV4, VNET_GSO_TCPV6):
         return [bytes(view)]
     frame = view[VNET_HDR_SIZE:]

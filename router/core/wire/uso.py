@@ -1,0 +1,193 @@
+"""Runs of small UDP frames as one UDP GSO super-frame, and cutting one in software.
+
+Theory of operation: a container that sends many small UDP datagrams (DNS, games, VoIP,
+metrics, `iperf3 -u -l 64`) costs the receiving router one TAP `write` per frame, and its
+kernel one trip per frame through the TAP, the bridge and the container's veth — the
+largest share of a router's time under such a load.  Linux (>= 6.2) accepts a frame with a
+virtio_net_hdr of type GSO_UDP_L4 on a TAP write, like the TCP super-frames the router
+already writes: one skb crosses the bridge and the veth, and is cut into the original
+datagrams only at the receiving UDP socket (or at a device that cannot carry it).
+
+`merge_udp_runs` makes such super-frames on the *sending* router, from the records it has
+coalesced for one (next hop, destination) in one wake-up: consecutive records of one IPv4
+UDP flow whose datagrams have the same size become one record — the first frame's
+headers, then all payloads.  So the wire carries 64 payload bytes per 64-byte datagram
+instead of ~110, and the receiver writes one record where it wrote up to 64.
+
+A record is a candidate when it is what the TAP hands us for a datagram sent by a local
+socket: a virtio_net_hdr asking for a partial checksum at the UDP checksum (NEEDS_CSUM,
+csum_start 34, csum_offset 6, no GSO), untagged IPv4 without options, not a fragment, no
+Ethernet padding, a non-empty payload.  Later records join while everything but the IP ID
+and checksum is byte-for-byte the first one's (MACs, TOS, total length, DF, TTL,
+addresses, ports, UDP length), so a run never mixes flows or sizes; order is kept.
+
+The super-frame follows the kernel's contract for UDP GSO packets: IPv4 total length and
+header checksum for the whole, the UDP length of the whole, the UDP checksum field holding
+the folded pseudo-header sum for that length (the kernel adjusts it per segment), and
+vnet hdr_len 42 / gso_size = the datagram payload.  Cutting gives each datagram the IP ID
+of the first plus its index, as the kernel does.  At most MAX_SEGMENTS datagrams and
+GRO_MAX_BYTES frame bytes per super-frame (the veths' gso_max_size).
+
+`cut_udp_record` is the software fallback: the kernel refused the write (EINVAL: Linux
+< 6.2 knows no GSO_UDP_L4), or the link is in segment mode and wants one frame per
+datagram.  Records here are `virtio_net_hdr + frame`; the merge works on the TAP thread's
+batch records, which carry the u16 frame length in front (core/wire/data.py).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pyweave.router.core.wire.data import (
+    VNET_F_NEEDS_CSUM,
+    VNET_GSO_NONE,
+    VNET_GSO_UDP_L4,
+    VNET_HDR,
+    VNET_HDR_SIZE,
+    MalformedDatagram,
+)
+
+MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of Linux before 6.9 (128 since)
+GRO_MAX_BYTES = 64000  # frame bytes of a super-frame (gso_max_size of the veths)
+IP_AT = VNET_HDR_SIZE + 14  # in a record without the length prefix: untagged Ethernet
+UDP_AT = IP_AT + 20  # IPv4 without options
+PAYLOAD_AT = UDP_AT + 8
+CSUM_START = UDP_AT - VNET_HDR_SIZE  # 34: offsets in the vnet header count from the frame
+UDP_CSUM_OFFSET = 6
+IPPROTO_UDP = 17
+LEN = 2  # the u16 frame length in front of a batch record
+CANDIDATE_VNET = VNET_HDR.pack(VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, CSUM_START, UDP_CSUM_OFFSET)
+SEGMENT_VNET = CANDIDATE_VNET
+IPV4_UDP = b"\x08\x00\x45"  # ethertype, version 4 + IHL 5
+_U16 = struct.Struct("!H")
+_IP_WORDS = struct.Struct("!10H")
+_ADDRESS_WORDS = struct.Struct("!4H")
+
+
+def _fold(total: int) -> int:
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _ip_checksum(header: bytearray, at: int) -> None:
+    _U16.pack_into(header, at + 10, 0)
+    _U16.pack_into(header, at + 10, ~_fold(sum(_IP_WORDS.unpack_from(header, at))) & 0xFFFF)
+
+
+def _payload_if_candidate(record: bytes) -> int:
+    """The UDP payload size of a batch record that may start a run, else 0."""
+    at = LEN + IP_AT
+    if (
+        record[LEN : LEN + VNET_HDR_SIZE] != CANDIDATE_VNET
+        or record[at - 2 : at + 1] != IPV4_UDP
+        or record[at + 9] != IPPROTO_UDP
+        or _U16.unpack_from(record, at + 6)[0] & 0x3FFF  # MF or a fragment offset
+    ):
+        return 0
+    total: int = _U16.unpack_from(record, at + 2)[0]
+    udp_length: int = _U16.unpack_from(record, at + 24)[0]
+    if total != len(record) - at or udp_length != total - 20:
+        return 0  # Ethernet padding or inconsistent lengths: leave it alone
+    return udp_length - 8
+
+
+def merge_udp_runs(records: list[bytes]) -> list[bytes]:
+    """Batch records (u16 length + vnet hdr + frame) with runs of one UDP flow merged.
+
+    Returns `records` itself when nothing merged (the common case for TCP ACKs)."""
+    count = len(records)
+    if count < 2:
+        return records
+    out: list[bytes] = []
+    i = 0
+    merged_any = False
+    while i < count:
+        head = records[i]
+        j = i + 1
+        payload = _payload_if_candidate(head) if j < count else 0
+        if payload:
+            size = len(head)
+            # Everything but the IP ID (30-31) and IP checksum (36-37) must be equal.
+            same_a, same_b, same_c = head[2:30], head[32:36], head[38:52]
+            stop = min(count, i + MAX_SEGMENTS, i + (GRO_MAX_BYTES - 42) // payload)
+            while j < stop:
+                record = records[j]
+                if (
+                    len(record) != size
+                    or record[2:30] != same_a
+                    or record[32:36] != same_b
+                    or record[38:52] != same_c
+                ):
+                    break
+                j += 1
+        if j - i > 1:
+            out.append(_super_frame(records, i, j, payload))
+            merged_any = True
+        else:
+            out.append(head)
+        i = j
+    return out if merged_any else records
+
+
+def _super_frame(records: list[bytes], start: int, stop: int, payload: int) -> bytes:
+    """One batch record for records[start:stop] (a run checked by merge_udp_runs)."""
+    head = records[start]
+    header = bytearray(head[: LEN + PAYLOAD_AT])
+    udp_length = 8 + payload * (stop - start)
+    ip_at = LEN + IP_AT
+    udp_at = LEN + UDP_AT
+    _U16.pack_into(header, 0, PAYLOAD_AT - VNET_HDR_SIZE + udp_length - 8)
+    VNET_HDR.pack_into(
+        header,
+        LEN,
+        VNET_F_NEEDS_CSUM,
+        VNET_GSO_UDP_L4,
+        PAYLOAD_AT - VNET_HDR_SIZE,
+        payload,
+        CSUM_START,
+        UDP_CSUM_OFFSET,
+    )
+    _U16.pack_into(header, ip_at + 2, 20 + udp_length)
+    _ip_checksum(header, ip_at)
+    _U16.pack_into(header, udp_at + 4, udp_length)
+    addresses = sum(_ADDRESS_WORDS.unpack_from(header, ip_at + 12))
+    _U16.pack_into(header, udp_at + 6, _fold(addresses + IPPROTO_UDP + udp_length))
+    body = LEN + PAYLOAD_AT
+    return b"".join([header, *(record[body:] for record in records[start:stop])])
+
+
+def cut_udp_record(record: bytes | memoryview) -> list[bytes]:
+    """Cut a GSO_UDP_L4 record (vnet hdr + IPv4 frame) into one record per datagram.
+
+    Each gets NEEDS_CSUM with the folded pseudo-header sum for its own length, like a frame
+    from a local socket; see the module docstring.  Raises MalformedDatagram for anything
+    this router would not have made (IPv6, IP options, inconsistent lengths)."""
+    view = memoryview(record)
+    if len(view) < PAYLOAD_AT:
+        raise MalformedDatagram("UDP GSO record too short for its headers")
+    _flags, _kind, _hdr_len, gso_size, _start, _offset = VNET_HDR.unpack_from(view)
+    if (
+        view[IP_AT - 2 : IP_AT + 1] != IPV4_UDP
+        or view[IP_AT + 9] != IPPROTO_UDP
+        or _U16.unpack_from(view, IP_AT + 6)[0] & 0x3FFF
+    ):
+        raise MalformedDatagram("UDP GSO record is not an unfragmented IPv4 UDP frame")
+    (total,) = _U16.unpack_from(view, IP_AT + 2)
+    if total != len(view) - IP_AT or gso_size == 0:
+        raise MalformedDatagram("UDP GSO record with inconsistent lengths")
+    header = bytearray(view[:PAYLOAD_AT])
+    header[:VNET_HDR_SIZE] = SEGMENT_VNET
+    (ip_id,) = _U16.unpack_from(header, IP_AT + 4)
+    addresses = sum(_ADDRESS_WORDS.unpack_from(header, IP_AT + 12))
+    out: list[bytes] = []
+    end = len(view)
+    for index, start in enumerate(range(PAYLOAD_AT, end, gso_size)):
+        chunk = min(gso_size, end - start)
+        _U16.pack_into(header, IP_AT + 2, 28 + chunk)
+        _U16.pack_into(header, IP_AT + 4, (ip_id + index) & 0xFFFF)
+        _ip_checksum(header, IP_AT)
+        _U16.pack_into(header, UDP_AT + 4, 8 + chunk)
+        _U16.pack_into(header, UDP_AT + 6, _fold(addresses + IPPROTO_UDP + 8 + chunk))
+        out.append(bytes(header) + view[start : start + chunk])
+    return out
