@@ -832,22 +832,10 @@ class DataPlane:
 
         EINVAL for a GSO_UDP_L4 record means a kernel before 6.2 (or a record with more
         segments than it takes): its datagrams go one by one.  Anything else is a drop."""
-        counters = self.udp_counters
-        if exc.errno != errno.EINVAL or record[1] != VNET_GSO_UDP_L4:
-            counters.tap_drops += 1
-            return
-        try:
-            frames = cut_udp_record(record)
-        except MalformedDatagram:
-            counters.drops_malformed += 1
-            return
-        counters.udp_gso_cut += 1
-        for frame in frames:
-            try:
-                os.write(self.tap_fd, frame)
-                counters.tap_frames_out += 1
-            except OSError:
-                counters.tap_drops += 1
+        if exc.errno == errno.EINVAL and record[1] == VNET_GSO_UDP_L4:
+            write_datagrams_of(self.tap_fd, record, self.udp_counters)
+        else:
+            self.udp_counters.tap_drops += 1
 
     def _confirm(self, link: Link, now: float) -> None:
         """Control thread: the first datagram from `link` arrived."""
@@ -926,6 +914,22 @@ class DataPlane:
                 continue
             buf[HEADER_SIZE : HEADER_SIZE + size] = body
             self._seal_and_send(link, buf, HEADER_SIZE + size, counters, self.relay_segments)
+
+
+def write_datagrams_of(fd: int, record: bytes | memoryview, counters: DataPlaneCounters) -> None:
+    """Write a UDP GSO record's datagrams to the TAP one by one (the kernel refused it whole)."""
+    try:
+        frames = cut_udp_record(record)
+    except MalformedDatagram:
+        counters.drops_malformed += 1
+        return
+    counters.udp_gso_cut += 1
+    for frame in frames:
+        try:
+            os.write(fd, frame)
+            counters.tap_frames_out += 1
+        except OSError:
+            counters.tap_drops += 1
 
 
 def _records_of(body: memoryview) -> list[bytes]:
