@@ -8,9 +8,10 @@ through a `weave` wrapper whose PYTHONPATH maps that tree's router/ and cli/ as
 `pyweave.*`), so a change is measured against the one before it under the same load.
 
 Per two-host setup: iperf3 TCP with 1 and 4 streams (median of N runs), 64-byte UDP
-(delivered packets/s and loss), ping p50/p99 idle and under a TCP load, the busiest
-router's CPU % and peak RSS during the 1-stream runs, and 1-stream TCP under 1 % random
-underlay loss.  Then three hosts with h1<->h3 blocked on the underlay: 1-stream TCP from
+offered as fast as the container can send (delivered packets/s and loss, median of N) and
+the peak delivered over a sweep of offered rates, ping p50/p99 idle and under a TCP load,
+the busiest router's CPU % and peak RSS during the 1-stream runs, and 1-stream TCP under
+1 % random underlay loss.  Then three hosts with h1<->h3 blocked on the underlay: 1-stream TCP from
 h1's container to h3's, relayed by h2.  The report is a table of absolute figures, one of
 ratios of each pyweave row to each baseline, and the command that reproduces it; `--json`
 keeps the raw figures.  Labs use the prefix `h8b-`; every lab is torn down after its
@@ -105,6 +106,7 @@ def measure_two_hosts(setup: Setup, seconds: float, runs: int) -> Row:
     with measure.IperfServer(setup), measure.ProcWatch(setup.router_pids()) as watch4:
         row["tcp4"] = median_of(runs, lambda: measure.tcp_gbps(setup, seconds, 4))
         udp = [measure.udp_small(setup, seconds) for _ in range(runs)]
+        row["udp_peak"], row["udp_peak_at"] = measure.udp_peak(setup, max(2.0, seconds / 2))
     row["cpu4"], row["rss"] = watch4.usage.cpu_percent, max(row["rss"], watch4.usage.rss_mb)
     row["udp_pps"] = statistics.median(u[0] for u in udp)
     row["udp_loss"] = statistics.median(u[1] for u in udp)
@@ -145,6 +147,8 @@ COLUMNS = [
     ("tcp4", "TCP 4 st Gbit/s", "{:.2f}"),
     ("udp_pps", "UDP 64B kpps", "{:.0f}"),
     ("udp_loss", "UDP loss %", "{:.1f}"),
+    ("udp_peak", "UDP 64B peak kpps", "{:.0f}"),
+    ("udp_peak_at", "peak at Mbit/s", "{:.0f}"),
     ("ping_p50", "ping p50 ms", "{:.3f}"),
     ("ping_p99", "ping p99 ms", "{:.3f}"),
     ("load_p50", "loaded p50 ms", "{:.2f}"),
@@ -155,7 +159,7 @@ COLUMNS = [
     ("loss1", "TCP 1 % loss Gbit/s", "{:.3f}"),
     ("relay_tcp1", "relayed TCP Gbit/s", "{:.2f}"),
 ]
-RATIO_KEYS = ["tcp1", "tcp4", "udp_pps", "loss1", "relay_tcp1"]
+RATIO_KEYS = ["tcp1", "tcp4", "udp_pps", "udp_peak", "loss1", "relay_tcp1"]
 BASELINES = ["underlay", "vxlan", "tinc-default", "tinc-none"]
 
 
@@ -165,7 +169,7 @@ def _cell(row: Row, key: str, fmt: str) -> str:
         return "-"
     if key in ("cpu", "cpu4", "rss", "relay_cpu") and value == 0:
         return "-"
-    return fmt.format(value / 1000 if key == "udp_pps" else value)
+    return fmt.format(value / 1000 if key in ("udp_pps", "udp_peak") else value)
 
 
 def markdown_tables(results: dict[str, Row]) -> str:
