@@ -44,7 +44,7 @@ from pyweave.router.io import netlink
 from pyweave.router.io.api import ApiServer
 from pyweave.router.io.control import Security
 from pyweave.router.io.datapath import DataPlane, open_udp_socket
-from pyweave.router.io.tap import clamp_gso_max_size, open_tap, supports_nowait
+from pyweave.router.io.tap import clamp_gso_max_size, open_tap
 from pyweave.router.security import NoiseSecurity
 
 if TYPE_CHECKING:
@@ -196,12 +196,11 @@ class Router:
         log.info("underlay MTU %d, overlay MTU %d", self.underlay_mtu, self.mtu)
         await asyncio.to_thread(netlink.ensure_bridge, BRIDGE, self.mtu, bridge_mac(cfg.name))
         self._tap_fd = open_tap(TAP_NAME, offload=True)
-        tap_nowait = supports_nowait(self._tap_fd)  # before the device is up
         await asyncio.to_thread(clamp_gso_max_size, TAP_NAME)
         await asyncio.to_thread(netlink.enslave, TAP_NAME, BRIDGE, self.mtu)
         sock = open_udp_socket(cfg.port)
         self.dataplane = DataPlane(
-            loop, self._tap_fd, sock, self.forwarder, self.connections.heard, TAP_NAME, tap_nowait
+            loop, self._tap_fd, sock, self.forwarder, self.connections.heard, TAP_NAME
         )
         self.dataplane.start()
         self._control_server = await asyncio.start_server(

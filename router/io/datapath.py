@@ -116,6 +116,7 @@ RECORD_AT = HEADER_SIZE + FRAMES_PREFIX_SIZE  # where the record (u16 length) st
 DIRECT_MIN = 600  # frames at least this long (with vnet hdr) go out alone, uncopied
 SEGMENTS_PER_DATAGRAM = 1  # MSS segments per datagram in segment mode (see docs/protocol.md)
 DRAIN_BUDGET = 256  # reads per wake-up before the batches are flushed
+ANSWER_BUDGET = 64  # TAP reads the UDP thread makes after writing (the TAP thread does the rest)
 MAC_PAIR = struct.Struct("6s6s")  # destination and source MAC, as bytes (dict keys)
 SOCKET_BUFFER = 16 * 1024 * 1024
 IP_MTU_DISCOVER = 10
@@ -123,7 +124,6 @@ IP_PMTUDISC_DONT = 0
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 DONTWAIT = socket.MSG_DONTWAIT
-NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # 0 where Python lacks it: tap_nowait is then False
 SOL_UDP = 17
 UDP_SEGMENT = 103  # setsockopt/cmsg: one sendmsg, many equal datagrams (Linux >= 4.18)
 UDP_GRO = 104  # setsockopt/cmsg: receive a GRO-merged run of datagrams in one read (>= 5.0)
@@ -207,7 +207,6 @@ class DataPlane:
         forwarder: Forwarder,
         on_heard: Callable[[Link, float], bool],
         tap_name: str = "",
-        tap_nowait: bool = False,
     ) -> None:
         self.loop = loop
         self.tap_fd = tap_fd
@@ -231,6 +230,11 @@ class DataPlane:
         self.join_buf = bytearray(MAX_UDP_PAYLOAD)  # UDP thread: trains that did
         self.gro = TcpCoalescer()  # UDP thread: merges segments before the TAP
         self.relay_segments = SegmentBatch()  # UDP thread
+        # Reading the TAP and sending what was read is one step under this lock, taken by
+        # the TAP thread after poll, and by the UDP thread after it wrote to the TAP (an
+        # answer to what it wrote is often queued already: see _udp_thread).
+        self.tap_lock = threading.Lock()
+        self.udp_tap_buf = bytearray(HEADROOM + TAP_READ_SIZE)  # UDP thread's TAP reads
         self.udp_gso = True  # cleared if the kernel refuses UDP_SEGMENT
         # The flow cache (TAP thread): destination MAC -> (link, frames prefix, destination
         # peer) for unicast frames to a known MAC with one next hop.  Cleared by the TAP
@@ -240,7 +244,6 @@ class DataPlane:
         self.flow_generation = 0
         self.running = False
         self._threads: list[threading.Thread] = []
-        self._tap_nowait = tap_nowait  # preadv(RWF_NOWAIT) works (tap.supports_nowait)
 
     @property
     def counters(self) -> DataPlaneCounters:
@@ -257,7 +260,7 @@ class DataPlane:
         return total
 
     def start(self) -> None:
-        os.set_blocking(self.tap_fd, True)
+        os.set_blocking(self.tap_fd, False)  # read after poll, under tap_lock
         self.sock.setblocking(True)
         self.running = True
         self._threads = [
@@ -496,49 +499,74 @@ class DataPlane:
     # -- TAP -> mesh (TAP thread) ----------------------------------------------------
 
     def _tap_thread(self) -> None:
-        """Block in readv; forward that frame and every frame queued behind it; repeat.
+        """Wait until the TAP is readable; forward what it holds (under the TAP lock); repeat."""
+        drain = self._tap_drainer(
+            self.tap_buf, self.batch_buf, self.tap_segments, self.tap_counters, DRAIN_BUDGET
+        )
+        readable = select.poll()
+        readable.register(self.tap_fd, select.POLLIN)
+        wait = readable.poll
+        lock = self.tap_lock
+        counters = self.tap_counters
+        while True:
+            try:
+                wait()  # blocks: the idle router sleeps here
+            except OSError:
+                if not self.running:
+                    return
+                continue
+            if not self.running:
+                return
+            with lock:
+                if drain() < 0:  # the device is gone or broken: do not spin
+                    if not self.running:
+                        return
+                    counters.tap_drops += 1
+                    time.sleep(ERROR_PAUSE)
 
-        Everything the loop needs is bound once, here: an idle router's wake-up runs on
-        cold caches, and each attribute lookup or call saved is measurable in the idle
-        round trip."""
+    def _tap_drainer(
+        self,
+        buf: bytearray,
+        batch_buf: bytearray,
+        segments: SegmentBatch,
+        counters: DataPlaneCounters,
+        budget: int,
+    ) -> Callable[[], int]:
+        """A function that forwards what the TAP holds now, up to `budget` frames.
+
+        The caller holds `tap_lock` (reads and sends of TAP frames are one ordered step).
+        Returns the frames read, -1 on a read error other than EAGAIN.  Everything it
+        needs is bound once, here: an idle router's wake-up runs on cold caches, and each
+        attribute lookup or call saved is measurable in the idle round trip."""
         route_from_tap = self.forwarder.route_from_tap
         learn_local = self.forwarder.learn_local
         links = self.links_by_peer
         source = self.ourselves_bytes
         prefixes: dict[int, bytes] = {}  # destination peer -> frames prefix
         fd = self.tap_fd
-        buf = self.tap_buf
         view = memoryview(buf)
         into = [view[HEADROOM:]]
-        nowait = self._tap_nowait
-        preadv = os.preadv
         readv = os.readv
         monotonic = time.monotonic
         sendto = self.sock.sendto
         pack_len_into = FRAME_LEN.pack_into
-        counters = self.tap_counters
         dst_at = HEADROOM + VNET_HDR_SIZE
         unpack_macs = MAC_PAIR.unpack_from
         largest = MAX_UDP_PAYLOAD + HEADER_SIZE  # end + link.overhead beyond: not one datagram
         batches: dict[tuple[int, int], list[bytes]] = {}
-        tap_out = (self.batch_buf, counters, self.tap_segments)
+        tap_out = (batch_buf, counters, segments)
         send_datagram = self._send_datagram
-        pieces = self.tap_segments.pieces
+        send_records = self._send_records
+        flush = self._flush
+        pieces = segments.pieces
         macs = self.forwarder.macs
         flows = self.flows
         seen_macs = seen_generation = -1
         now = monotonic()
-        while True:
-            try:
-                n = readv(fd, into)  # blocks: the idle router sleeps here
-            except OSError as exc:
-                if not self.running or exc.errno == errno.EBADF:
-                    return
-                counters.tap_drops += 1
-                time.sleep(ERROR_PAUSE)
-                continue
-            if not self.running:
-                return
+
+        def drain() -> int:
+            nonlocal seen_macs, seen_generation, now
+            i = 0
             try:
                 # The MAC lookup before the first send uses the previous wake-up's clock
                 # (entries live for minutes): one call less before the frame leaves.
@@ -547,22 +575,15 @@ class DataPlane:
                     seen_generation = self.flow_generation
                     flows.clear()
                 first_src = last_src = b""
-                for i in range(DRAIN_BUDGET):
-                    if i:  # the first frame came from the blocking read
-                        if i == 1 and batches:  # the first frame does not wait for others
-                            self._flush(batches, counters)
-                        try:
-                            if nowait:
-                                n = preadv(fd, into, -1, NOWAIT)
-                            elif select.select([fd], [], [], 0)[0]:
-                                n = readv(fd, into)
-                            else:
-                                break
-                        except BlockingIOError:
-                            break
-                        except OSError:
-                            counters.tap_drops += 1
-                            break
+                for i in range(budget):
+                    if i == 1 and batches:  # the first frame does not wait for others
+                        flush(batches, tap_out)
+                    try:
+                        n = readv(fd, into)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        return -1
                     counters.tap_frames_in += 1
                     if n < VNET_HDR_SIZE + ETHERNET_HEADER_SIZE:
                         continue
@@ -609,10 +630,10 @@ class DataPlane:
                         if batches:
                             pending = batches.pop((link.peer, destination), None)
                             if pending:
-                                self._send_records(link, source, destination, pending, *tap_out)
+                                send_records(link, source, destination, pending, *tap_out)
                         if (buf[HEADROOM + 1] and link.segment) or end + link.overhead > largest:
                             one = [bytes(view[RECORD_AT:end])]
-                            self._send_records(link, source, destination, one, *tap_out)
+                            send_records(link, source, destination, one, *tap_out)
                             continue
                         buf[HEADER_SIZE:RECORD_AT] = prefix
                         with link.send_lock:
@@ -634,19 +655,29 @@ class DataPlane:
                         batches[(link.peer, destination)] = [record]
                     else:
                         batch.append(record)
+                else:
+                    i = budget
+                if not i:
+                    return 0
                 now = monotonic()
                 if first_src:
                     learn_local(first_src, now)
                 if batches:
-                    self._flush(batches, counters)
+                    flush(batches, tap_out)
             except Exception:
                 batches.clear()
                 self._internal_error(counters)
+            return i
+
+        return drain
 
     def _flush(
-        self, batches: dict[tuple[int, int], list[bytes]], counters: DataPlaneCounters
+        self,
+        batches: dict[tuple[int, int], list[bytes]],
+        out: tuple[bytearray, DataPlaneCounters, SegmentBatch],
     ) -> None:
-        """Send and forget the coalesced batches."""
+        """Send and forget the coalesced batches (through one thread's buffer and batch)."""
+        counters = out[1]
         links = self.links_by_peer
         for (hop, destination), records in batches.items():
             link = links.get(hop)
@@ -655,15 +686,7 @@ class DataPlane:
                     merged = merge_udp_runs(records)
                     counters.udp_frames_merged += len(records) - len(merged)
                     records = merged
-                self._send_records(
-                    link,
-                    self.ourselves_bytes,
-                    destination,
-                    records,
-                    self.batch_buf,
-                    counters,
-                    self.tap_segments,
-                )
+                self._send_records(link, self.ourselves_bytes, destination, records, *out)
         batches.clear()
 
     # -- mesh -> TAP (UDP thread) ----------------------------------------------------
@@ -696,6 +719,10 @@ class DataPlane:
         unpack_len = FRAME_LEN.unpack_from
         write = os.write
         tap_fd = self.tap_fd
+        tap_lock = self.tap_lock
+        answers = self._tap_drainer(
+            self.udp_tap_buf, self.relay_buf, self.relay_segments, counters, ANSWER_BUDGET
+        )
         while True:
             try:
                 n = recv_into(buf)  # blocks: the idle router sleeps here
@@ -707,6 +734,7 @@ class DataPlane:
                 continue
             if not self.running:
                 return
+            written = counters.tap_frames_out
             try:
                 now = monotonic()
                 for i in range(DRAIN_BUDGET):
@@ -816,6 +844,15 @@ class DataPlane:
             except Exception:
                 self._internal_error(counters)
                 self._flush_gro()
+            # What we wrote to the TAP was delivered by the kernel inside the write, and an
+            # answer (a ping reply, an ACK) may already be queued on the TAP: sending it from
+            # here saves the TAP thread's wake-up on the round trip.  Skipped if the TAP
+            # thread is at it (the lock keeps reads and sends of TAP frames in order).
+            if counters.tap_frames_out != written and tap_lock.acquire(blocking=False):
+                try:
+                    answers()
+                finally:
+                    tap_lock.release()
 
     def _flush_gro(self) -> None:
         """UDP thread: write the coalesced segments, before any other frame goes out."""

@@ -15,10 +15,11 @@ datagram, so `clamp_gso_max_size` lowers the device's gso_max_size to GSO_MAX_SI
 which is where the TCP stack sizes its super-frames).  UFO/USO are not enabled: only TCP
 super-frames arrive, which core/wire/gso.py can cut in software when it must.
 
-The descriptor is opened non-blocking; the data plane makes it blocking for its TAP thread
-and drains it with `preadv(RWF_NOWAIT)` after each wake-up (`supports_nowait` tells whether
-this kernel allows that; otherwise it polls with a zero timeout before each drain read).
-Closing the descriptor deletes the (non-persistent) device.
+UDP GSO super-frames (GSO_UDP_L4, core/wire/uso.py) need no offload flag: they are only
+written, and Linux >= 6.2 takes them on a write.
+
+The descriptor is opened non-blocking and stays so: the data plane waits for it with poll
+and reads until EAGAIN.  Closing the descriptor deletes the (non-persistent) device.
 """
 
 from __future__ import annotations
@@ -56,23 +57,6 @@ def open_tap(name: str, offload: bool = False) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def supports_nowait(fd: int) -> bool:
-    """Whether `preadv(RWF_NOWAIT)` works on this TAP (the data plane's drain reads).
-
-    Ask while the device is still down: nothing can be queued then, so the probe read
-    cannot swallow a frame."""
-    nowait = getattr(os, "RWF_NOWAIT", 0)
-    if not nowait:
-        return False
-    try:
-        os.preadv(fd, [bytearray(1 << 16)], -1, nowait)
-    except BlockingIOError:
-        return True
-    except OSError:  # EOPNOTSUPP: this kernel's tun has no IOCB_NOWAIT
-        return False
-    return True
 
 
 def clamp_gso_max_size(name: str, size: int = GSO_MAX_SIZE) -> None:
