@@ -723,6 +723,16 @@ class DataPlane:
         answers = self._tap_drainer(
             self.udp_tap_buf, self.relay_buf, self.relay_segments, counters, ANSWER_BUDGET
         )
+
+        def answer() -> None:
+            """Forward what our TAP writes made the kernel queue on the TAP, unless the TAP
+            thread is at it (the lock keeps reads and sends of TAP frames in order)."""
+            if tap_lock.acquire(blocking=False):
+                try:
+                    answers()
+                finally:
+                    tap_lock.release()
+
         while True:
             try:
                 n = recv_into(buf)  # blocks: the idle router sleeps here
@@ -815,6 +825,9 @@ class DataPlane:
                                         counters.tap_frames_out += 1
                                 except OSError as exc:  # TAP full, device gone, no USO
                                     self._write_failed(record, exc)
+                                if not i and counters.tap_frames_out != written:
+                                    answer()  # an idle wake-up: the answer before bookkeeping
+                                    written = counters.tap_frames_out
                                 source = int.from_bytes(body[1:7], "big")
                             else:
                                 self._flush_gro()
@@ -846,13 +859,10 @@ class DataPlane:
                 self._flush_gro()
             # What we wrote to the TAP was delivered by the kernel inside the write, and an
             # answer (a ping reply, an ACK) may already be queued on the TAP: sending it from
-            # here saves the TAP thread's wake-up on the round trip.  Skipped if the TAP
-            # thread is at it (the lock keeps reads and sends of TAP frames in order).
-            if counters.tap_frames_out != written and tap_lock.acquire(blocking=False):
-                try:
-                    answers()
-                finally:
-                    tap_lock.release()
+            # here saves the TAP thread's wake-up on the round trip.  After the first
+            # datagram of a wake-up that is done at once (above), else here.
+            if counters.tap_frames_out != written:
+                answer()
 
     def _flush_gro(self) -> None:
         """UDP thread: write the coalesced segments, before any other frame goes out."""
