@@ -1,18 +1,25 @@
-"""The data plane: TAP <-> UDP, one thread per direction, blocking reads, drained.
+"""The data plane: TAP <-> UDP, one thread per direction, sleeping in the kernel, drained.
 
-Theory of operation: two threads move the frames, each blocked in a read of its own
-descriptor — the TAP thread in `readv` of the TAP port (opened with IFF_VNET_HDR and
-TSO/CSUM offloads, so one read can be a 64 KB TCP super-frame), the UDP thread in
-`recv_into` of the data socket.  A blocked read is the cheapest wake-up an idle router
-can have: measured on this machine, an idle container-to-container ping through two
-Python forwarders costs ~0.40 ms with blocking reads in threads, ~0.44 ms with an epoll
-loop and ~0.53 ms with asyncio's reader callbacks (four wake-ups per round trip).  After
-the wake-up each thread drains its descriptor without blocking (`preadv(RWF_NOWAIT)` on
-the TAP, `MSG_DONTWAIT` on the socket) until EAGAIN or DRAIN_BUDGET reads, so under
-load one wake-up serves many frames (one frame per wake-up was measured 4x slower).
-The GIL is released in every system call, so one thread's `sendto` or TAP `write` (where
-most of the time goes) overlaps the other thread's Python.  The asyncio loop (control
-plane, API) runs in the main thread and is idle while frames flow.
+Theory of operation: two threads move the frames.  The UDP thread blocks in `recv_into` of
+the data socket; the TAP thread blocks in `poll` of the TAP port (opened with
+IFF_VNET_HDR and TSO/CSUM offloads, so one read can be a 64 KB TCP super-frame).  A thread
+asleep in the kernel is the cheapest wake-up an idle router can have: measured on this
+machine, an idle container-to-container ping through two Python forwarders costs ~0.40 ms
+with blocking reads in threads, ~0.44 ms with an epoll loop and ~0.53 ms with asyncio's
+reader callbacks.  After the wake-up each thread drains its descriptor without blocking
+(the TAP is non-blocking; `MSG_DONTWAIT` on the socket) until EAGAIN or DRAIN_BUDGET
+reads, so under load one wake-up serves many frames (one frame per wake-up was measured 4x
+slower).  The GIL is released in every system call, so one thread's `sendto` or TAP
+`write` (where most of the time goes) overlaps the other thread's Python.  The asyncio
+loop (control plane, API) runs in the main thread and is idle while frames flow.
+
+Reading the TAP and sending what was read is one step under `tap_lock`: the TAP thread
+takes it after `poll`, and the UDP thread takes it (if free) right after it wrote to the
+TAP.  A TAP write runs the bridge and the container's stack inside the system call, so the
+answer to a frame just written (a ping reply, an ACK) is usually queued on the TAP when
+`write` returns; the UDP thread forwards it at once instead of waiting for the TAP
+thread's wake-up on another CPU — one Python wake-up less per round trip.  With both
+threads reading only under the lock, a flow's frames cannot overtake each other.
 
 TAP -> mesh (TAP thread).  Every read lands in one preallocated buffer *behind* 31 bytes
 of headroom: the datagram header (16), the frames prefix (13) and the record length (2)
@@ -21,10 +28,12 @@ all (`Link.seal_into`: a plain link writes its header; a sealed link makes one A
 per super-frame into its own output buffer).  The first frame of a wake-up goes out at
 once, alone (latency); later small frames (ACKs, ARP, pings) are copied into
 per-(next hop, destination) batches and coalesced into path-MTU-sized datagrams at the end
-of the drain; a large frame first flushes the batch for its destination, so a flow's
-frames keep their order.  A datagram larger than the path MTU (a super-frame) leaves as a
-train of path-MTU pieces in one `sendmsg` with UDP_SEGMENT (core/wire/pieces.py), never
-copied: the iovec alternates piece headers and views of the sealed datagram.  A TCP
+of the drain (runs of one UDP flow's equal-sized datagrams first become one UDP GSO
+super-frame, core/wire/uso.py); a large frame first flushes the batch for its
+destination, so a flow's frames keep their order.  A datagram larger than the path MTU
+(a super-frame) leaves as a train of path-MTU pieces in one `sendmsg` with UDP_SEGMENT
+(core/wire/pieces.py), never copied: the iovec alternates piece headers and views of the
+sealed datagram.  A TCP
 super-frame is cut into MSS-sized frames in software (core/wire/gso.py) instead when the
 link is in *segment* mode (the peer reports underlay loss, so a 64 KB train would be lost
 whole) or when it would not fit one datagram; those segments leave in UDP_SEGMENT batches
@@ -35,13 +44,14 @@ has UDP_GRO on, so one read may hold several datagrams of one sender, merged by 
 GRO: a whole train of pieces (copied together into one buffer), or ordinary datagrams,
 split by the length in their headers; pieces of a train that is not whole in the read are
 joined one by one (`PieceJoiner`).  Each datagram is opened by the link its receiver index
-names, accounted for the loss estimate, and their frame
-records are written to the TAP *with* their virtio_net_hdr, so the local kernel finishes
-partial checksums and segments super-frames for the containers.  Consecutive TCP segments
-of one flow (what segment mode sends) are merged back into super-frames first
-(core/wire/gro.py), so the kernel sees one write instead of ~45; the merge is flushed
-before any other frame is written and when the socket's queue is empty.  Bodies for other peers
-are relayed (re-sealed hop by hop), cut into segments first if the next link needs it.
+names, accounted for the loss estimate, and their frame records are written to the TAP
+*with* their virtio_net_hdr, so the local kernel finishes partial checksums and segments
+super-frames for the containers (a UDP GSO record the kernel refuses, before Linux 6.2, is
+cut here and written datagram by datagram).  Consecutive TCP segments of one flow (what
+segment mode sends) are merged back into super-frames first (core/wire/gro.py), so the
+kernel sees one write instead of ~45; the merge is flushed before any other frame is
+written and when the socket's queue is empty.  Bodies for other peers are relayed
+(re-sealed hop by hop), cut into segments first if the next link needs it.
 
 Sharing between threads.  Each thread has its own buffers and its own counters (summed
 for status).  Sealing holds the link's `send_lock` (the control thread seals heartbeats
