@@ -525,14 +525,13 @@ class DataPlane:
                 if not self.running:
                     return
                 continue
-            if not self.running:
+            if not self.running:  # stop() wakes us with a frame of its own
                 return
             with lock:
-                if drain() < 0:  # the device is gone or broken: do not spin
-                    if not self.running:
-                        return
-                    counters.tap_drops += 1
-                    time.sleep(ERROR_PAUSE)
+                read = drain()
+            if read < 0:  # the device is gone or broken: do not spin
+                counters.tap_drops += 1
+                time.sleep(ERROR_PAUSE)
 
     def _tap_drainer(
         self,
@@ -594,7 +593,6 @@ class DataPlane:
                         break
                     except OSError:
                         return -1
-                    counters.tap_frames_in += 1
                     if n < VNET_HDR_SIZE + ETHERNET_HEADER_SIZE:
                         continue
                     dst_mac, src_mac = unpack_macs(buf, dst_at)
@@ -669,6 +667,7 @@ class DataPlane:
                     i = budget
                 if not i:
                     return 0
+                counters.tap_frames_in += i
                 now = monotonic()
                 if first_src:
                     learn_local(first_src, now)
@@ -724,8 +723,9 @@ class DataPlane:
         frames_min = FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD + ETHERNET_HEADER_SIZE
         src_mac_at = FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD + 6
         first_record_at = FRAMES_PREFIX_SIZE + FRAME_LEN.size
-        gro_add = self.gro.add
-        gro_flush = self.gro.flush
+        gro = self.gro
+        gro_add = gro.add
+        gro_flush = gro.flush
         unpack_len = FRAME_LEN.unpack_from
         write = os.write
         tap_fd = self.tap_fd
@@ -824,8 +824,8 @@ class DataPlane:
                                 record = body[first_record_at:]
                                 if record[0] == VNET_F_NEEDS_CSUM and not record[1]:
                                     done, taken = gro_add(record)
-                                else:
-                                    done, taken = gro_flush(), False
+                                else:  # (no call when nothing is pending: the idle path)
+                                    done, taken = gro_flush() if gro.count else None, False
                                 try:
                                     if done is not None:
                                         write(tap_fd, done)

@@ -76,7 +76,7 @@ def _flow_key(record: bytes | bytearray | memoryview, options_end: int) -> bytes
 class TcpCoalescer:
     """Merge consecutive TCP segments of one flow; see the module docstring."""
 
-    __slots__ = ("_count", "_key", "_mss", "_next_seq", "_pending", "limit", "merged")
+    __slots__ = ("_key", "_mss", "_next_seq", "_pending", "count", "limit", "merged")
 
     def __init__(self, limit: int = GRO_MAX_BYTES) -> None:
         self.limit = limit + VNET_HDR_SIZE  # in record bytes
@@ -84,7 +84,7 @@ class TcpCoalescer:
         self._key = b""
         self._next_seq = 0
         self._mss = 0
-        self._count = 0
+        self.count = 0  # segments pending in the super-frame being built (0: none)
         self.merged = 0  # segments merged into an earlier one (for status)
 
     def add(self, record: bytes | memoryview) -> tuple[bytes | None, bool]:
@@ -117,7 +117,7 @@ class TcpCoalescer:
         key = _flow_key(record, payload_at)
         pending = self._pending
         if (
-            self._count
+            self.count
             and key == self._key
             and seq == self._next_seq
             and payload <= self._mss
@@ -125,7 +125,7 @@ class TcpCoalescer:
         ):
             pending += record[payload_at:]
             self._next_seq = (seq + payload) & 0xFFFFFFFF
-            self._count += 1
+            self.count += 1
             self.merged += 1
             if flags & PSH or payload < self._mss:  # the end of a burst: deliver it now
                 pending[TCP_AT + 13] |= flags & PSH
@@ -138,16 +138,16 @@ class TcpCoalescer:
         self._key = key
         self._next_seq = (seq + payload) & 0xFFFFFFFF
         self._mss = payload
-        self._count = 1
+        self.count = 1
         return done, True
 
     def flush(self) -> bytes | None:
         """The pending super-frame (or lone segment), finished; None if nothing pends."""
-        count = self._count
+        count = self.count
         if not count:
             return None
         pending = self._pending
-        self._count = 0
+        self.count = 0
         self._pending = bytearray()
         if count == 1:
             return bytes(pending)
