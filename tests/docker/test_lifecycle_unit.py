@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,17 +98,26 @@ async def _scenario(state_dir: str) -> None:
     containers._run_attach = fake_attach  # type: ignore[method-assign]
     await containers.start()
     try:
-        await asyncio.sleep(0.1)
-        assert GONE in router.freed and GONE not in router.attachments.items  # reconciled
+        await _until(lambda: GONE in router.freed and bool(attached))  # reconciled
+        assert GONE not in router.attachments.items
         assert attached == [(RUNNING, ["10.128.0.1/10"])]  # re-attached, same address
         assert STOPPED in router.attachments.items  # dead, but within the grace period
-        await asyncio.sleep(1.5)
-        assert STOPPED not in router.attachments.items and STOPPED in router.freed
+        await _until(lambda: STOPPED in router.freed)  # the grace period (0.3 s) is over
+        assert STOPPED not in router.attachments.items
         containers._on_event({"Action": "destroy", "id": RUNNING + "0" * 52})
-        await asyncio.sleep(0.1)
-        assert RUNNING not in router.attachments.items and RUNNING in router.freed
+        await _until(lambda: RUNNING in router.freed)
+        assert RUNNING not in router.attachments.items
     finally:
         await containers.stop()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `condition` every 20 ms; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
 
 
 def test_stopped_destroyed_and_vanished_containers_are_released(
