@@ -199,9 +199,7 @@ class Router:
         await asyncio.to_thread(clamp_gso_max_size, TAP_NAME)
         await asyncio.to_thread(netlink.enslave, TAP_NAME, BRIDGE, self.mtu)
         sock = open_udp_socket(cfg.port)
-        self.dataplane = DataPlane(
-            loop, self._tap_fd, sock, self.forwarder, self.connections.heard, TAP_NAME
-        )
+        self.dataplane = DataPlane(loop, self._tap_fd, sock, self.forwarder, self.connections.heard)
         self.dataplane.start()
         self._control_server = await asyncio.start_server(
             self.connections.accept, "0.0.0.0", cfg.port, reuse_address=True
@@ -258,6 +256,7 @@ class Router:
         if self._control_server is not None:
             self._control_server.close()
         self.dataplane.stop()
+        self.dataplane.close()
         self.dataplane.sock.close()
         if self._tap_fd >= 0:
             os.close(self._tap_fd)  # deletes the TAP device

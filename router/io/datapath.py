@@ -126,6 +126,7 @@ RECORD_AT = HEADER_SIZE + FRAMES_PREFIX_SIZE  # where the record (u16 length) st
 DIRECT_MIN = 600  # frames at least this long (with vnet hdr) go out alone, uncopied
 SEGMENTS_PER_DATAGRAM = 1  # MSS segments per datagram in segment mode (see docs/protocol.md)
 DRAIN_BUDGET = 256  # reads per wake-up before the batches are flushed
+RUN_OVERHEAD = FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD  # a merged run's body, but the frame
 ANSWER_BUDGET = 64  # TAP reads the UDP thread makes after writing (the TAP thread does the rest)
 MAC_PAIR = struct.Struct("6s6s")  # destination and source MAC, as bytes (dict keys)
 SOCKET_BUFFER = 16 * 1024 * 1024
@@ -216,11 +217,9 @@ class DataPlane:
         sock: socket.socket,
         forwarder: Forwarder,
         on_heard: Callable[[Link, float], bool],
-        tap_name: str = "",
     ) -> None:
         self.loop = loop
         self.tap_fd = tap_fd
-        self.tap_name = tap_name
         self.sock = sock
         self.forwarder = forwarder
         self.ourselves = forwarder.ourselves
@@ -244,12 +243,14 @@ class DataPlane:
         # the TAP thread after poll, and by the UDP thread after it wrote to the TAP (an
         # answer to what it wrote is often queued already: see _udp_thread).
         self.tap_lock = threading.Lock()
+        self._stop_read, self._stop_write = os.pipe()  # wakes the TAP thread's poll on stop
         self.udp_tap_buf = bytearray(HEADROOM + TAP_READ_SIZE)  # UDP thread's TAP reads
         self.udp_gso = True  # cleared if the kernel refuses UDP_SEGMENT
-        # The flow cache (TAP thread): destination MAC -> (link, frames prefix, destination
-        # peer) for unicast frames to a known MAC with one next hop.  Cleared by the TAP
-        # thread at the start of a wake-up when the MAC table (`macs.changes`) or the links
-        # and routes (`flow_generation`, bumped by the control thread) changed since.
+        # The flow cache (whoever holds tap_lock): destination MAC -> (link, frames prefix,
+        # destination peer) for unicast frames to a known MAC with one next hop.  Cleared
+        # at the start of a drain when the MAC table (`macs.changes`) or the links and
+        # routes (`flow_generation`, bumped by the control thread) changed since that
+        # drainer's last look.
         self.flows: dict[bytes, tuple[Link, bytes, int]] = {}
         self.flow_generation = 0
         self.running = False
@@ -287,23 +288,19 @@ class DataPlane:
         # but the reader is woken anyway.
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RD)
-        self._wake_tap_thread()
+        with contextlib.suppress(OSError):
+            os.write(self._stop_write, b"x")  # wakes the TAP thread's poll
         for thread in self._threads:
             thread.join(STOP_TIMEOUT)
             if thread.is_alive():
                 log.warning("data plane thread %s did not stop", thread.name)
         self._threads = []
 
-    def _wake_tap_thread(self) -> None:
-        """Make the TAP readable: transmit one frame *out of* the TAP device."""
-        if not self.tap_name:
-            return
-        try:
-            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as packet:
-                packet.bind((self.tap_name, 0))
-                packet.send(bytes(ETHERNET_HEADER_SIZE + 46))
-        except OSError as exc:
-            log.debug("could not wake the TAP thread: %s", exc)
+    def close(self) -> None:
+        """Release the stop pipe (after stop(); the caller closes the TAP and the socket)."""
+        for fd in (self._stop_read, self._stop_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def add_link(self, link: Link) -> None:
         link.send_lock = threading.Lock()  # before any thread of ours can see the link
@@ -515,6 +512,7 @@ class DataPlane:
         )
         readable = select.poll()
         readable.register(self.tap_fd, select.POLLIN)
+        readable.register(self._stop_read, select.POLLIN)  # stop() writes here
         wait = readable.poll
         lock = self.tap_lock
         counters = self.tap_counters
@@ -525,7 +523,7 @@ class DataPlane:
                 if not self.running:
                     return
                 continue
-            if not self.running:  # stop() wakes us with a frame of its own
+            if not self.running:  # stop() wakes us through the stop pipe
                 return
             with lock:
                 read = drain()
@@ -585,13 +583,17 @@ class DataPlane:
                     flows.clear()
                 first_src = last_src = b""
                 for i in range(budget):
-                    if i == 1 and batches:  # the first frame does not wait for others
-                        flush(batches, tap_out)
+                    if i == 1:  # the first frame is on its way: the clock, then the rest
+                        now = monotonic()
+                        if batches:  # the first frame does not wait for others
+                            flush(batches, tap_out)
                     try:
                         n = readv(fd, into)
                     except BlockingIOError:
                         break
-                    except OSError:
+                    except OSError:  # the device is gone: what is batched goes nowhere
+                        batches.clear()
+                        counters.tap_frames_in += i
                         return -1
                     if n < VNET_HDR_SIZE + ETHERNET_HEADER_SIZE:
                         continue
@@ -654,8 +656,6 @@ class DataPlane:
                                     counters.udp_datagrams_out += 1
                                 except OSError:
                                     counters.udp_send_errors += 1
-                        if not i:
-                            now = monotonic()
                         continue
                     record = bytes(view[RECORD_AT:end])
                     batch = batches.get((link.peer, destination))
@@ -692,7 +692,7 @@ class DataPlane:
             link = links.get(hop)
             if link is not None:
                 if len(records) > 1 and not link.segment:  # runs of small UDP datagrams
-                    merged = merge_udp_runs(records)
+                    merged = merge_udp_runs(records, link.max_body - RUN_OVERHEAD)
                     counters.udp_frames_merged += len(records) - len(merged)
                     records = merged
                 self._send_records(link, self.ourselves_bytes, destination, records, *out)
@@ -755,6 +755,7 @@ class DataPlane:
             if not self.running:
                 return
             written = counters.tap_frames_out
+            early = True  # the first datagram's answer is forwarded before the bookkeeping
             try:
                 now = monotonic()
                 for i in range(DRAIN_BUDGET):
@@ -826,16 +827,20 @@ class DataPlane:
                                     done, taken = gro_add(record)
                                 else:  # (no call when nothing is pending: the idle path)
                                     done, taken = gro_flush() if gro.count else None, False
-                                try:
-                                    if done is not None:
+                                if done is not None:
+                                    try:
                                         write(tap_fd, done)
                                         counters.tap_frames_out += 1
-                                    if not taken:
+                                    except OSError:  # TAP queue full or device gone
+                                        counters.tap_drops += 1
+                                if not taken:
+                                    try:
                                         write(tap_fd, record)
                                         counters.tap_frames_out += 1
-                                except OSError as exc:  # TAP full, device gone, no USO
-                                    self._write_failed(record, exc)
-                                if not i and counters.tap_frames_out != written:
+                                    except OSError as exc:  # TAP full, gone, or no UDP GSO
+                                        after_failed_write(tap_fd, record, exc, counters)
+                                if early and counters.tap_frames_out != written:
+                                    early = False
                                     answer()  # an idle wake-up: the answer before bookkeeping
                                     written = counters.tap_frames_out
                                 source = int.from_bytes(body[1:7], "big")
@@ -885,14 +890,8 @@ class DataPlane:
                 self.udp_counters.tap_drops += 1
 
     def _write_failed(self, record: bytes | memoryview, exc: OSError) -> None:
-        """UDP thread: a TAP write failed; a UDP GSO record is cut and written here instead.
-
-        EINVAL for a GSO_UDP_L4 record means a kernel before 6.2 (or a record with more
-        segments than it takes): its datagrams go one by one.  Anything else is a drop."""
-        if exc.errno == errno.EINVAL and record[1] == VNET_GSO_UDP_L4:
-            write_datagrams_of(self.tap_fd, record, self.udp_counters)
-        else:
-            self.udp_counters.tap_drops += 1
+        """UDP thread: a TAP write failed (see after_failed_write)."""
+        after_failed_write(self.tap_fd, record, exc, self.udp_counters)
 
     def _confirm(self, link: Link, now: float) -> None:
         """Control thread: the first datagram from `link` arrived."""
@@ -971,6 +970,19 @@ class DataPlane:
                 continue
             buf[HEADER_SIZE : HEADER_SIZE + size] = body
             self._seal_and_send(link, buf, HEADER_SIZE + size, counters, self.relay_segments)
+
+
+def after_failed_write(
+    fd: int, record: bytes | memoryview, exc: OSError, counters: DataPlaneCounters
+) -> None:
+    """A TAP write of `record` failed with `exc`: cut a refused UDP GSO record, else drop.
+
+    EINVAL for a GSO_UDP_L4 record means a kernel before 6.2 (or a header this kernel does
+    not take): its datagrams go one by one.  Anything else (a full TAP queue) is a drop."""
+    if exc.errno == errno.EINVAL and record[1] == VNET_GSO_UDP_L4:
+        write_datagrams_of(fd, record, counters)
+    else:
+        counters.tap_drops += 1
 
 
 def write_datagrams_of(fd: int, record: bytes | memoryview, counters: DataPlaneCounters) -> None:

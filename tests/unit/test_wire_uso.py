@@ -171,3 +171,20 @@ def test_cutting_refuses_what_the_merge_never_makes(mangle: object) -> None:
     (merged,) = merge_udp_runs(_run(4))
     with pytest.raises(data.MalformedDatagram):
         cut_udp_record(mangle(merged[2:]))  # type: ignore[operator]
+
+
+def test_a_run_is_cut_to_fit_the_frame_limit() -> None:
+    # What fits one path-MTU datagram of a 1500-byte underlay: 42 header bytes + 21 x 64.
+    out = merge_udp_runs(_run(50), max_frame=42 + 21 * 64)
+    assert [len(cut_udp_record(r[2:])) for r in out] == [21, 21, 8]
+    assert all(len(r) - 12 <= 42 + 21 * 64 for r in out)
+    records = _run(5)
+    assert merge_udp_runs(records, max_frame=42 + 64) is records  # one per record: no merge
+
+
+def test_a_record_of_more_datagrams_than_linux_takes_is_refused() -> None:
+    (merged,) = merge_udp_runs(_run(4))
+    record = bytearray(merged[2:])
+    struct.pack_into("<H", record, 4, 1)  # gso_size 1: 256 datagrams of one byte
+    with pytest.raises(data.MalformedDatagram):
+        cut_udp_record(bytes(record))

@@ -47,7 +47,8 @@ from pyweave.router.core.wire.data import (
     MalformedDatagram,
 )
 
-MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS of Linux before 6.9 (128 since)
+MAX_SEGMENTS = 64  # per merge: UDP_MAX_SEGMENTS of Linux before 6.9 (128 since)
+MAX_CUT_SEGMENTS = 128  # a record cutting into more is malformed (one datagram, 64 K writes)
 GRO_MAX_BYTES = 64000  # frame bytes of a super-frame (gso_max_size of the veths)
 IP_AT = VNET_HDR_SIZE + 14  # in a record without the length prefix: untagged Ethernet
 UDP_AT = IP_AT + 20  # IPv4 without options
@@ -92,10 +93,13 @@ def _payload_if_candidate(record: bytes) -> int:
     return udp_length - 8
 
 
-def merge_udp_runs(records: list[bytes]) -> list[bytes]:
+def merge_udp_runs(records: list[bytes], max_frame: int = GRO_MAX_BYTES) -> list[bytes]:
     """Batch records (u16 length + vnet hdr + frame) with runs of one UDP flow merged.
 
-    Returns `records` itself when nothing merged (the common case for TCP ACKs)."""
+    A super-frame holds at most `max_frame` frame bytes: the data plane passes what fits
+    one path-MTU datagram, so a lost packet on the underlay costs no more datagrams than a
+    coalesced datagram of small frames does.  Returns `records` itself when nothing merged
+    (the common case for TCP ACKs)."""
     count = len(records)
     if count < 2:
         return records
@@ -110,7 +114,8 @@ def merge_udp_runs(records: list[bytes]) -> list[bytes]:
             size = len(head)
             # Everything but the IP ID (30-31) and IP checksum (36-37) must be equal.
             same_a, same_b, same_c = head[2:30], head[32:36], head[38:52]
-            stop = min(count, i + MAX_SEGMENTS, i + (GRO_MAX_BYTES - 42) // payload)
+            limit = min(max_frame, GRO_MAX_BYTES) - (PAYLOAD_AT - VNET_HDR_SIZE)
+            stop = min(count, i + MAX_SEGMENTS, i + max(limit, 0) // payload)
             while j < stop:
                 record = records[j]
                 if (
@@ -176,6 +181,8 @@ def cut_udp_record(record: bytes | memoryview) -> list[bytes]:
     (total,) = _U16.unpack_from(view, IP_AT + 2)
     if total != len(view) - IP_AT or gso_size == 0:
         raise MalformedDatagram("UDP GSO record with inconsistent lengths")
+    if len(view) - PAYLOAD_AT > gso_size * MAX_CUT_SEGMENTS:
+        raise MalformedDatagram("UDP GSO record with more datagrams than Linux takes")
     header = bytearray(view[:PAYLOAD_AT])
     header[:VNET_HDR_SIZE] = SEGMENT_VNET
     (ip_id,) = _U16.unpack_from(header, IP_AT + 4)
