@@ -188,3 +188,16 @@ def test_a_record_of_more_datagrams_than_linux_takes_is_refused() -> None:
     struct.pack_into("<H", record, 4, 1)  # gso_size 1: 256 datagrams of one byte
     with pytest.raises(data.MalformedDatagram):
         cut_udp_record(bytes(record))
+
+
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=400))
+def test_cutting_any_bytes_returns_frames_or_refuses(noise: bytes, at: int) -> None:
+    """What a peer sends may be anything: cut or refused, never another exception."""
+    (merged,) = merge_udp_runs(_run(3))
+    record = bytearray(merged[2:])
+    record[at : at + len(noise)] = noise
+    try:
+        frames = cut_udp_record(bytes(record))
+    except data.MalformedDatagram:
+        return
+    assert all(len(frame) >= 10 + 42 for frame in frames)
