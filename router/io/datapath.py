@@ -889,10 +889,6 @@ class DataPlane:
             except OSError:
                 self.udp_counters.tap_drops += 1
 
-    def _write_failed(self, record: bytes | memoryview, exc: OSError) -> None:
-        """UDP thread: a TAP write failed (see after_failed_write)."""
-        after_failed_write(self.tap_fd, record, exc, self.udp_counters)
-
     def _confirm(self, link: Link, now: float) -> None:
         """Control thread: the first datagram from `link` arrived."""
         if not self.on_heard(link, now):
@@ -942,7 +938,7 @@ class DataPlane:
                 write(tap_fd, body[start:stop])
                 counters.tap_frames_out += 1
             except OSError as exc:  # TAP queue full, device gone, no UDP GSO here
-                self._write_failed(body[start:stop], exc)
+                after_failed_write(tap_fd, body[start:stop], exc, counters)
             offset = stop
         return True
 

@@ -10,21 +10,10 @@ from hypothesis import strategies as st
 from pyweave.router.core.wire import data
 from pyweave.router.core.wire.gso import segment_record
 from pyweave.router.core.wire.uso import MAX_SEGMENTS, cut_udp_record, merge_udp_runs
+from test_wire_gso import _fold, _words  # the tests' own checksum arithmetic
 
 MAC = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01"
 SRC, DST = bytes([10, 128, 1, 1]), bytes([10, 128, 2, 1])
-
-
-def _fold(total: int) -> int:
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _words(raw: bytes) -> int:
-    if len(raw) % 2:
-        raw += b"\0"
-    return sum(struct.unpack(f"!{len(raw) // 2}H", raw))
 
 
 def _udp_record(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import struct
 
+from pyweave.router.core.wire.checksum import fold, ipv4_pseudo_sum, set_ipv4_checksum
 from pyweave.router.core.wire.data import (
     VNET_F_NEEDS_CSUM,
     VNET_GSO_NONE,
@@ -49,13 +50,7 @@ CANDIDATE_VNET = bytes((VNET_F_NEEDS_CSUM, VNET_GSO_NONE))
 CSUM_FIELDS = struct.pack("<HH", CSUM_START, TCP_CSUM_OFFSET)
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_IP_WORDS = struct.Struct("!10H")
-
-
-def _fold(total: int) -> int:
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
+IPPROTO_TCP = 6
 
 
 def _flow_key(record: bytes | bytearray | memoryview, options_end: int) -> bytes:
@@ -153,12 +148,9 @@ class TcpCoalescer:
             return bytes(pending)
         total = len(pending) - IP_AT
         _U16.pack_into(pending, IP_AT + 2, total)
-        _U16.pack_into(pending, IP_AT + 10, 0)
-        ip_sum = sum(_IP_WORDS.unpack_from(pending, IP_AT))
-        _U16.pack_into(pending, IP_AT + 10, ~_fold(ip_sum) & 0xFFFF)
-        addresses = sum(struct.unpack_from("!4H", pending, IP_AT + 12))
-        tcp_length = total - 20
-        _U16.pack_into(pending, TCP_AT + TCP_CSUM_OFFSET, _fold(addresses + 6 + tcp_length))
+        set_ipv4_checksum(pending, IP_AT)
+        pseudo = ipv4_pseudo_sum(pending, IP_AT, IPPROTO_TCP) + total - 20
+        _U16.pack_into(pending, TCP_AT + TCP_CSUM_OFFSET, fold(pseudo))
         headers = TCP_AT + (pending[TCP_AT + 12] >> 4) * 4 - VNET_HDR_SIZE
         VNET_HDR.pack_into(
             pending,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import struct
 
+from pyweave.router.core.wire.checksum import fold, set_ipv4_checksum, sum_words
 from pyweave.router.core.wire.data import (
     VNET_F_NEEDS_CSUM,
     VNET_GSO_ECN,
@@ -56,16 +57,6 @@ _U32 = struct.Struct("!I")
 def gso_type(record: bytes | memoryview) -> int:
     """The record's GSO type without the ECN bit (VNET_GSO_NONE for ordinary frames)."""
     return record[1] & ~VNET_GSO_ECN
-
-
-def _fold(total: int) -> int:
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _sum_words(data: bytes | bytearray | memoryview) -> int:
-    return sum(struct.unpack(f"!{len(data) // 2}H", data))
 
 
 def _l3_offset(frame: memoryview) -> tuple[int, int]:
@@ -116,10 +107,10 @@ def _cut(
     header = bytearray(frame[:headers_end])
     tcp_header_len = headers_end - l4
     if v4:
-        pseudo = _sum_words(header[l3 + 12 : l3 + 20]) + IPPROTO_TCP
+        pseudo = sum_words(header[l3 + 12 : l3 + 20]) + IPPROTO_TCP
         (ip_id,) = _U16.unpack_from(header, l3 + 4)
     else:
-        pseudo = _sum_words(header[l3 + 8 : l3 + 40]) + IPPROTO_TCP
+        pseudo = sum_words(header[l3 + 8 : l3 + 40]) + IPPROTO_TCP
         ip_id = 0
     (seq,) = _U32.unpack_from(header, l4 + 4)
     tcp_flags = header[l4 + 13]
@@ -136,14 +127,13 @@ def _cut(
         if v4:
             _U16.pack_into(header, l3 + 2, l4 - l3 + segment_len)
             _U16.pack_into(header, l3 + 4, (ip_id + index * per_record) & 0xFFFF)
-            _U16.pack_into(header, l3 + 10, 0)
-            _U16.pack_into(header, l3 + 10, ~_fold(_sum_words(header[l3:l4])) & 0xFFFF)
+            set_ipv4_checksum(header, l3, l4 - l3)
         else:
             _U16.pack_into(header, l3 + 4, segment_len)
         _U32.pack_into(header, l4 + 4, (seq + start - headers_end) & 0xFFFFFFFF)
         flags = tcp_flags if stop == total else tcp_flags & ~TCP_FIN_PSH
         header[l4 + 13] = flags if index == 0 else flags & ~TCP_CWR
-        _U16.pack_into(header, l4 + TCP_CHECKSUM_OFFSET, _fold(pseudo + segment_len))
+        _U16.pack_into(header, l4 + TCP_CHECKSUM_OFFSET, fold(pseudo + segment_len))
         head = gso_vnet if stop - start > mss else vnet
         records.append(head + header + frame[start:stop])
         start = stop

@@ -12,7 +12,7 @@ datagrams only at the receiving UDP socket (or at a device that cannot carry it)
 coalesced for one (next hop, destination) in one wake-up: consecutive records of one IPv4
 UDP flow whose datagrams have the same size become one record — the first frame's
 headers, then all payloads.  So the wire carries 64 payload bytes per 64-byte datagram
-instead of ~110, and the receiver writes one record where it wrote up to 64.
+instead of ~110, and the receiver writes one record per run instead of one per datagram.
 
 A record is a candidate when it is what the TAP hands us for a datagram sent by a local
 socket: a virtio_net_hdr asking for a partial checksum at the UDP checksum (NEEDS_CSUM,
@@ -26,18 +26,21 @@ header checksum for the whole, the UDP length of the whole, the UDP checksum fie
 the folded pseudo-header sum for that length (the kernel adjusts it per segment), and
 vnet hdr_len 42 / gso_size = the datagram payload.  Cutting gives each datagram the IP ID
 of the first plus its index, as the kernel does.  At most MAX_SEGMENTS datagrams and
-GRO_MAX_BYTES frame bytes per super-frame (the veths' gso_max_size).
+`max_frame` frame bytes per super-frame (the data plane passes what fits one path-MTU
+datagram; never more than GRO_MAX_BYTES, the veths' gso_max_size).
 
-`cut_udp_record` is the software fallback: the kernel refused the write (EINVAL: Linux
-< 6.2 knows no GSO_UDP_L4), or the link is in segment mode and wants one frame per
-datagram.  Records here are `virtio_net_hdr + frame`; the merge works on the TAP thread's
-batch records, which carry the u16 frame length in front (core/wire/data.py).
+`cut_udp_record` is the software fallback: the receiving kernel refused the write
+(EINVAL: Linux < 6.2 knows no GSO_UDP_L4), or a relay's next link is in segment mode and
+wants one frame per datagram (a sender in segment mode does not merge).  Records here
+are `virtio_net_hdr + frame`; the merge works on the TAP thread's batch records, which
+carry the u16 frame length in front (core/wire/data.py).
 """
 
 from __future__ import annotations
 
 import struct
 
+from pyweave.router.core.wire.checksum import fold, ipv4_pseudo_sum, set_ipv4_checksum
 from pyweave.router.core.wire.data import (
     VNET_F_NEEDS_CSUM,
     VNET_GSO_NONE,
@@ -46,10 +49,10 @@ from pyweave.router.core.wire.data import (
     VNET_HDR_SIZE,
     MalformedDatagram,
 )
+from pyweave.router.core.wire.gro import GRO_MAX_BYTES  # the veths' gso_max_size
 
 MAX_SEGMENTS = 64  # per merge: UDP_MAX_SEGMENTS of Linux before 6.9 (128 since)
 MAX_CUT_SEGMENTS = 128  # a record cutting into more is malformed (one datagram, 64 K writes)
-GRO_MAX_BYTES = 64000  # frame bytes of a super-frame (gso_max_size of the veths)
 IP_AT = VNET_HDR_SIZE + 14  # in a record without the length prefix: untagged Ethernet
 UDP_AT = IP_AT + 20  # IPv4 without options
 PAYLOAD_AT = UDP_AT + 8
@@ -57,30 +60,19 @@ CSUM_START = UDP_AT - VNET_HDR_SIZE  # 34: offsets in the vnet header count from
 UDP_CSUM_OFFSET = 6
 IPPROTO_UDP = 17
 LEN = 2  # the u16 frame length in front of a batch record
-CANDIDATE_VNET = VNET_HDR.pack(VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, CSUM_START, UDP_CSUM_OFFSET)
-SEGMENT_VNET = CANDIDATE_VNET
+# What a local socket's datagram carries (a candidate), and what a cut datagram gets back.
+PARTIAL_UDP_VNET = VNET_HDR.pack(
+    VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, CSUM_START, UDP_CSUM_OFFSET
+)
 IPV4_UDP = b"\x08\x00\x45"  # ethertype, version 4 + IHL 5
 _U16 = struct.Struct("!H")
-_IP_WORDS = struct.Struct("!10H")
-_ADDRESS_WORDS = struct.Struct("!4H")
-
-
-def _fold(total: int) -> int:
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _ip_checksum(header: bytearray, at: int) -> None:
-    _U16.pack_into(header, at + 10, 0)
-    _U16.pack_into(header, at + 10, ~_fold(sum(_IP_WORDS.unpack_from(header, at))) & 0xFFFF)
 
 
 def _payload_if_candidate(record: bytes) -> int:
     """The UDP payload size of a batch record that may start a run, else 0."""
     at = LEN + IP_AT
     if (
-        record[LEN : LEN + VNET_HDR_SIZE] != CANDIDATE_VNET
+        record[LEN : LEN + VNET_HDR_SIZE] != PARTIAL_UDP_VNET
         or record[at - 2 : at + 1] != IPV4_UDP
         or record[at + 9] != IPPROTO_UDP
         or _U16.unpack_from(record, at + 6)[0] & 0x3FFF  # MF or a fragment offset
@@ -154,10 +146,10 @@ def _super_frame(records: list[bytes], start: int, stop: int, payload: int) -> b
         UDP_CSUM_OFFSET,
     )
     _U16.pack_into(header, ip_at + 2, 20 + udp_length)
-    _ip_checksum(header, ip_at)
+    set_ipv4_checksum(header, ip_at)
     _U16.pack_into(header, udp_at + 4, udp_length)
-    addresses = sum(_ADDRESS_WORDS.unpack_from(header, ip_at + 12))
-    _U16.pack_into(header, udp_at + 6, _fold(addresses + IPPROTO_UDP + udp_length))
+    pseudo = ipv4_pseudo_sum(header, ip_at, IPPROTO_UDP)
+    _U16.pack_into(header, udp_at + 6, fold(pseudo + udp_length))
     body = LEN + PAYLOAD_AT
     return b"".join([header, *(record[body:] for record in records[start:stop])])
 
@@ -184,17 +176,17 @@ def cut_udp_record(record: bytes | memoryview) -> list[bytes]:
     if len(view) - PAYLOAD_AT > gso_size * MAX_CUT_SEGMENTS:
         raise MalformedDatagram("UDP GSO record with more datagrams than Linux takes")
     header = bytearray(view[:PAYLOAD_AT])
-    header[:VNET_HDR_SIZE] = SEGMENT_VNET
+    header[:VNET_HDR_SIZE] = PARTIAL_UDP_VNET
     (ip_id,) = _U16.unpack_from(header, IP_AT + 4)
-    addresses = sum(_ADDRESS_WORDS.unpack_from(header, IP_AT + 12))
+    pseudo = ipv4_pseudo_sum(header, IP_AT, IPPROTO_UDP)
     out: list[bytes] = []
     end = len(view)
     for index, start in enumerate(range(PAYLOAD_AT, end, gso_size)):
         chunk = min(gso_size, end - start)
         _U16.pack_into(header, IP_AT + 2, 28 + chunk)
         _U16.pack_into(header, IP_AT + 4, (ip_id + index) & 0xFFFF)
-        _ip_checksum(header, IP_AT)
+        set_ipv4_checksum(header, IP_AT)
         _U16.pack_into(header, UDP_AT + 4, 8 + chunk)
-        _U16.pack_into(header, UDP_AT + 6, _fold(addresses + IPPROTO_UDP + 8 + chunk))
+        _U16.pack_into(header, UDP_AT + 6, fold(pseudo + 8 + chunk))
         out.append(bytes(header) + view[start : start + chunk])
     return out
