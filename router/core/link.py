@@ -100,7 +100,7 @@ class Link:
     def seal(self, body: bytes) -> bytes:
         raise NotImplementedError
 
-    def seal_into(self, buf: bytearray, end: int) -> memoryview:
+    def seal_into(self, buf: bytearray | memoryview, end: int) -> memoryview:
         """Seal the body at buf[HEADER_SIZE:end]; return the datagram.
 
         The datagram must start at offset 0 of the returned view's buffer (`.obj`): the
@@ -172,7 +172,7 @@ class PlainLink(Link):
         length = HEADER_SIZE + len(body)
         return HEADER.pack(DATAGRAM_PLAIN, 0, length, self.remote_index, self.send_counter) + body
 
-    def seal_into(self, buf: bytearray, end: int) -> memoryview:
+    def seal_into(self, buf: bytearray | memoryview, end: int) -> memoryview:
         self.send_counter += 1
         HEADER.pack_into(buf, 0, DATAGRAM_PLAIN, 0, end, self.remote_index, self.send_counter)
         return memoryview(buf)[:end]
@@ -211,7 +211,7 @@ class SealedLink(Link):
     def seal(self, body: bytes) -> bytes:
         return self.sender.seal_datagram(self.remote_index, body)
 
-    def seal_into(self, buf: bytearray, end: int) -> memoryview:
+    def seal_into(self, buf: bytearray | memoryview, end: int) -> memoryview:
         body = memoryview(buf)[HEADER_SIZE:end]
         size = self.sender.seal_datagram_into(self._out, self.remote_index, body)
         return self._out_view[:size]

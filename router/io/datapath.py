@@ -103,7 +103,7 @@ from pyweave.router.core.wire.data import (
     push_heartbeat,
 )
 from pyweave.router.core.wire.gro import TcpCoalescer
-from pyweave.router.core.wire.gso import segment_record
+from pyweave.router.core.wire.gso import segment_record, tcp_segments
 from pyweave.router.core.wire.pieces import (
     DATAGRAM_PIECE,
     PIECE_HEADER_SIZE,
@@ -485,6 +485,77 @@ class DataPlane:
         batch.used = batch.count = 0
         batch.last = False
 
+    def _send_cut(
+        self,
+        link: Link,
+        prefix: bytes,
+        record: memoryview,
+        scratch: bytearray,
+        counters: DataPlaneCounters,
+        batch: SegmentBatch,
+    ) -> bool:
+        """Segment mode: cut a TCP super-frame (vnet hdr + frame) straight into datagrams.
+
+        Each MSS segment is laid out as a whole datagram — header, frames prefix, record
+        length, vnet hdr, headers, payload — in the batch's buffer (plain: sealed in place)
+        or in `scratch` (sealed into the batch), and the batch leaves with UDP_SEGMENT: the
+        payload is copied once or twice instead of five times, with no objects per segment.
+        False (nothing sent) if this is not a TCP super-frame to cut or UDP_SEGMENT is off:
+        the general path (`_send_records`) takes it."""
+        if not self.udp_gso:
+            return False
+        try:
+            cuts = tcp_segments(record, SEGMENTS_PER_DATAGRAM)
+        except MalformedDatagram:
+            counters.drops_malformed += 1
+            return True
+        if cuts is None:
+            return False
+        counters.frames_segmented += 1
+        plain = not link.encrypted
+        out = batch.buf
+        out_view = batch.view
+        overhead = link.overhead
+        endpoint = link.endpoint
+        seal_into = link.seal_into
+        pack_len_into = FRAME_LEN.pack_into
+        vnet_at = RECORD_AT + FRAME_LEN.size
+        headers_at = vnet_at + VNET_HDR_SIZE
+        with link.send_lock:
+            for vnet, headers, start, stop in cuts:
+                frame_len = len(headers) + stop - start
+                end = headers_at + frame_len  # the datagram's end, plain
+                size = end - HEADER_SIZE + overhead
+                if batch.count and (
+                    batch.last
+                    or size > batch.size
+                    or batch.used + size > MAX_UDP_PAYLOAD
+                    or batch.count >= GSO_MAX_SEGMENTS
+                    or batch.endpoint != endpoint
+                ):
+                    self._send_segments(batch, counters)
+                used = batch.used
+                target, at = (out, used) if plain else (scratch, 0)
+                target[at + HEADER_SIZE : at + RECORD_AT] = prefix
+                pack_len_into(target, at + RECORD_AT, frame_len)
+                target[at + vnet_at : at + headers_at] = vnet
+                payload_at = at + headers_at + len(headers)
+                target[at + headers_at : payload_at] = headers
+                target[payload_at : at + end] = record[start:stop]
+                if plain:
+                    seal_into(out_view[used:], end)
+                else:
+                    out[used : used + size] = seal_into(scratch, end)
+                if not batch.count:
+                    batch.size = size
+                    batch.endpoint = endpoint
+                elif size < batch.size:
+                    batch.last = True
+                batch.used = used + size
+                batch.count += 1
+        self._send_segments(batch, counters)
+        return True
+
     def _cut_where_needed(
         self, link: Link, records: list[bytes], largest: int, counters: DataPlaneCounters
     ) -> list[bytes]:
@@ -564,6 +635,8 @@ class DataPlane:
         tap_out = (batch_buf, counters, segments)
         send_datagram = self._send_datagram
         send_records = self._send_records
+        send_cut = self._send_cut
+        record_at = RECORD_AT + FRAME_LEN.size  # the vnet hdr, behind the record length
         flush = self._flush
         pieces = segments.pieces
         macs = self.forwarder.macs
@@ -641,7 +714,10 @@ class DataPlane:
                             pending = batches.pop((link.peer, destination), None)
                             if pending:
                                 send_records(link, source, destination, pending, *tap_out)
-                        if (buf[HEADROOM + 1] and link.segment) or end + link.overhead > largest:
+                        cut = buf[HEADROOM + 1] and link.segment  # a super-frame, segment mode
+                        if cut and send_cut(link, prefix, view[record_at:end], *tap_out):
+                            continue
+                        if cut or end + link.overhead > largest:
                             one = [bytes(view[RECORD_AT:end])]
                             send_records(link, source, destination, one, *tap_out)
                             continue

@@ -235,13 +235,16 @@ def test_relayed_transfer_is_intact(lab: LabFactory) -> None:
     udp_transfer(net, "h3c1", "h1c1")
 
 
-def test_tcp_survives_one_percent_loss(lab: LabFactory) -> None:
-    net = _up(lab, "loss-secret")
+@pytest.mark.parametrize("password", [None, "loss-secret"], ids=["plain", "encrypted"])
+def test_tcp_survives_one_percent_loss(lab: LabFactory, password: str | None) -> None:
+    net = _up(lab, password)
     net.loss(1)
     tcp_transfer(net, "h1c1", "h2c1", 24 << 20, timeout=120)
     # The path taken: h2 reported the loss, so h1 cut its super-frames into path-MTU
-    # datagrams (counted, monotonic — the current mode may already have changed back), and
-    # h2 merged the segments again before its TAP — and the content above arrived intact.
+    # datagrams (counted, monotonic — the current mode may already have changed back;
+    # plain links are sealed in place in the UDP_SEGMENT batch, sealed ones through a
+    # scratch buffer), and h2 merged the segments again before its TAP — and the content
+    # above arrived intact.
     sender = json.loads(net.weave("h1", "report").stdout)["router"]
     (connection,) = sender["connections"]
     assert connection["peer_loss_ppm"] != 0xFFFFFFFF, "h2 never reported a loss estimate"

@@ -28,6 +28,7 @@ Input and output records are `virtio_net_hdr + frame`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from pyweave.router.core.wire.checksum import fold, set_ipv4_checksum, sum_words
 from pyweave.router.core.wire.data import (
@@ -50,6 +51,7 @@ TCP_CHECKSUM_OFFSET = 16
 TCP_FIN_PSH = 0x01 | 0x08
 TCP_CWR = 0x80
 IPPROTO_TCP = 6
+ETHERNET_AND_TAG = 18  # enough of the frame to read a VLAN-tagged ethertype
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
@@ -74,34 +76,58 @@ def segment_record(record: bytes | memoryview, per_record: int = 1) -> list[byte
     With per_record > 1 the pieces are smaller super-frames (still GSO, the far kernel
     cuts them further); with 1 they are plain MSS-sized frames.  See the module doc."""
     view = memoryview(record)
-    _flags, kind, _hdr_len, mss, _csum_start, _csum_off = VNET_HDR.unpack_from(view)
-    kind &= ~VNET_GSO_ECN
+    kind = view[1] & ~VNET_GSO_ECN if len(view) > 1 else VNET_GSO_NONE
     if kind == VNET_GSO_UDP_L4:  # a run of small datagrams (uso.py): one frame each
         return cut_udp_record(view)
-    if kind not in (VNET_GSO_TCPV4, VNET_GSO_TCPV6):
+    cuts = tcp_segments(view, per_record)
+    if cuts is None:
         return [bytes(view)]
+    return [vnet + header + view[start:stop] for vnet, header, start, stop in cuts]
+
+
+Segments = Iterator[tuple[bytes, bytearray, int, int]]
+
+
+def tcp_segments(record: bytes | memoryview, per_record: int = 1) -> Segments | None:
+    """The segments of a TCP GSO record, for a caller that lays them out itself.
+
+    None if the record is not a TCP super-frame with more than `per_record` MSS of
+    payload.  Otherwise an iterator of (vnet hdr, headers, start, stop): each segment is
+    `vnet hdr + headers + record[start:stop]`.  `headers` (Ethernet, IP, TCP) is one
+    bytearray patched in place for each segment: copy it before the next step."""
+    view = memoryview(record)
+    if len(view) < VNET_HDR_SIZE:
+        raise MalformedDatagram("record shorter than its virtio_net_hdr")
+    _flags, kind, _hdr_len, mss, _csum_start, _csum_off = VNET_HDR.unpack_from(view)
+    kind &= ~VNET_GSO_ECN
+    if kind not in (VNET_GSO_TCPV4, VNET_GSO_TCPV6):
+        return None
     frame = view[VNET_HDR_SIZE:]
+    if len(frame) < ETHERNET_AND_TAG:
+        raise MalformedDatagram("GSO frame too short for its headers")
     l3, ethertype = _l3_offset(frame)
     v4 = kind == VNET_GSO_TCPV4
     if (ethertype != ETH_P_IPV4) if v4 else (ethertype != ETH_P_IPV6):
         raise MalformedDatagram("GSO type does not match the frame's ethertype")
+    if len(frame) <= l3:
+        raise MalformedDatagram("GSO frame too short for its headers")
     l4 = l3 + ((frame[l3] & 0x0F) * 4 if v4 else 40)
     if len(frame) < l4 + 20 or mss == 0:
         raise MalformedDatagram("GSO frame too short for its headers")
     headers_end = l4 + (frame[l4 + 12] >> 4) * 4
     if len(frame) <= headers_end + mss * per_record:  # nothing to cut
-        return [bytes(view)]
-    return _cut(frame, (l3, l4, headers_end), mss, v4, per_record, view[1])
+        return None
+    return _segments(frame, (l3, l4, headers_end), mss, v4, per_record, view[1])
 
 
-def _cut(
+def _segments(
     frame: memoryview,
     offsets: tuple[int, int, int],
     mss: int,
     v4: bool,
     per_record: int,
     gso_byte: int,
-) -> list[bytes]:
+) -> Segments:
     """The segmentation loop proper (one pass over the payload, headers patched in place)."""
     l3, l4, headers_end = offsets
     header = bytearray(frame[:headers_end])
@@ -118,7 +144,6 @@ def _cut(
     gso_vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, gso_byte, headers_end, mss, l4, 16)
     step = mss * per_record
     total = len(frame)
-    records: list[bytes] = []
     start = headers_end
     index = 0
     while start < total:
@@ -134,8 +159,11 @@ def _cut(
         flags = tcp_flags if stop == total else tcp_flags & ~TCP_FIN_PSH
         header[l4 + 13] = flags if index == 0 else flags & ~TCP_CWR
         _U16.pack_into(header, l4 + TCP_CHECKSUM_OFFSET, fold(pseudo + segment_len))
-        head = gso_vnet if stop - start > mss else vnet
-        records.append(head + header + frame[start:stop])
+        yield (
+            (gso_vnet if stop - start > mss else vnet),
+            header,
+            VNET_HDR_SIZE + start,
+            (VNET_HDR_SIZE + stop),
+        )
         start = stop
         index += 1
-    return records
