@@ -82,7 +82,7 @@ class TcpCoalescer:
         self.count = 0  # segments pending in the super-frame being built (0: none)
         self.merged = 0  # segments merged into an earlier one (for status)
 
-    def add(self, record: bytes | memoryview) -> tuple[bytes | None, bool]:
+    def add(self, record: bytes | memoryview) -> tuple[bytearray | None, bool]:
         """Offer one record (vnet hdr + frame).
 
         Returns (a finished super-frame or segment to write first, or None; whether
@@ -136,8 +136,10 @@ class TcpCoalescer:
         self.count = 1
         return done, True
 
-    def flush(self) -> bytes | None:
-        """The pending super-frame (or lone segment), finished; None if nothing pends."""
+    def flush(self) -> bytearray | None:
+        """The pending super-frame (or lone segment), finished; None if nothing pends.
+
+        It is handed over, not copied (up to 64 KB): the coalescer starts a new buffer."""
         count = self.count
         if not count:
             return None
@@ -145,7 +147,7 @@ class TcpCoalescer:
         self.count = 0
         self._pending = bytearray()
         if count == 1:
-            return bytes(pending)
+            return pending
         total = len(pending) - IP_AT
         _U16.pack_into(pending, IP_AT + 2, total)
         set_ipv4_checksum(pending, IP_AT)
@@ -162,4 +164,4 @@ class TcpCoalescer:
             CSUM_START,
             TCP_CSUM_OFFSET,
         )
-        return bytes(pending)
+        return pending
