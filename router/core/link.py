@@ -103,8 +103,10 @@ class Link:
     def seal_into(self, buf: bytearray | memoryview, end: int) -> memoryview:
         """Seal the body at buf[HEADER_SIZE:end]; return the datagram.
 
-        The datagram must start at offset 0 of the returned view's buffer (`.obj`): the
-        data plane cuts trains of pieces from views of that buffer made once."""
+        The datagram must start at offset 0 of the returned view's buffer (`.obj`) when
+        `buf` is a bytearray: the data plane cuts trains of pieces from views of that
+        buffer made once.  Segment mode passes a view into its batch instead and relies on
+        a plain link sealing in place (only the header is written)."""
         raise NotImplementedError
 
     def open(self, datagram: bytes | memoryview) -> memoryview | None:

@@ -502,8 +502,8 @@ class DataPlane:
         payload is copied once or twice instead of five times, with no objects per segment.
         False (nothing sent) if this is not a TCP super-frame to cut or UDP_SEGMENT is off:
         the general path (`_send_records`) takes it."""
-        if not self.udp_gso:
-            return False
+        if not self.udp_gso or len(record) + FRAME_LEN.size <= link.max_body:
+            return False  # (a super-frame that fits one datagram goes whole, as before)
         try:
             cuts = tcp_segments(record, SEGMENTS_PER_DATAGRAM)
         except MalformedDatagram:
@@ -517,11 +517,12 @@ class DataPlane:
         out_view = batch.view
         overhead = link.overhead
         endpoint = link.endpoint
+        lock = link.send_lock
         seal_into = link.seal_into
         pack_len_into = FRAME_LEN.pack_into
         vnet_at = RECORD_AT + FRAME_LEN.size
         headers_at = vnet_at + VNET_HDR_SIZE
-        with link.send_lock:
+        try:
             for vnet, headers, start, stop in cuts:
                 frame_len = len(headers) + stop - start
                 end = headers_at + frame_len  # the datagram's end, plain
@@ -542,10 +543,11 @@ class DataPlane:
                 payload_at = at + headers_at + len(headers)
                 target[at + headers_at : payload_at] = headers
                 target[payload_at : at + end] = record[start:stop]
-                if plain:
-                    seal_into(out_view[used:], end)
-                else:
-                    out[used : used + size] = seal_into(scratch, end)
+                with lock:  # (per datagram, like _add_segment: heartbeats may interleave)
+                    if plain:
+                        seal_into(out_view[used:], end)  # the header, in place
+                    else:
+                        out[used : used + size] = seal_into(scratch, end)
                 if not batch.count:
                     batch.size = size
                     batch.endpoint = endpoint
@@ -553,6 +555,10 @@ class DataPlane:
                     batch.last = True
                 batch.used = used + size
                 batch.count += 1
+        except Exception:  # (a sealing error: nothing half-built may leave later)
+            batch.used = batch.count = 0
+            batch.last = False
+            raise
         self._send_segments(batch, counters)
         return True
 
@@ -569,7 +575,11 @@ class DataPlane:
             if len(record) <= limit or not record[FRAME_LEN.size + 1]:  # not GSO: as is
                 out.append(record)
                 continue
-            segments = segment_record(memoryview(record)[FRAME_LEN.size :], per_record)
+            try:
+                segments = segment_record(memoryview(record)[FRAME_LEN.size :], per_record)
+            except MalformedDatagram:
+                counters.drops_malformed += 1
+                continue
             counters.frames_segmented += 1
             out.extend(pack_len(len(s) - VNET_HDR_SIZE) + s for s in segments)
         return out

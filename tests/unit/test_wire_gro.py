@@ -99,3 +99,18 @@ def test_flows_and_limits_are_respected() -> None:
     merged = [_check_super_frame(r, 1000) for r in out[:3]]
     assert [seq for seq, _ in merged] == [1000, 4000, 7000]
     assert b"".join(got for _, got in merged) + out[3][10 + 54 :] == payload
+
+
+def test_a_flushed_super_frame_is_not_touched_by_later_segments() -> None:
+    """flush() hands its buffer over (no copy): what comes next must build a new one."""
+    segments = segment_record(_super_frame(bytes(range(256)) * 40, 1349, False))
+    coalescer = TcpCoalescer()
+    for segment in segments[:3]:
+        coalescer.add(memoryview(segment))
+    done = coalescer.flush()
+    assert done is not None
+    snapshot = bytes(done)
+    for segment in segments[3:]:
+        coalescer.add(memoryview(segment))
+    coalescer.flush()
+    assert done == snapshot

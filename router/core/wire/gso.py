@@ -111,10 +111,16 @@ def tcp_segments(record: bytes | memoryview, per_record: int = 1) -> Segments | 
         raise MalformedDatagram("GSO type does not match the frame's ethertype")
     if len(frame) <= l3:
         raise MalformedDatagram("GSO frame too short for its headers")
+    if v4 and frame[l3] & 0x0F < 5:
+        raise MalformedDatagram("IPv4 header shorter than 20 bytes")
     l4 = l3 + ((frame[l3] & 0x0F) * 4 if v4 else 40)
     if len(frame) < l4 + 20 or mss == 0:
         raise MalformedDatagram("GSO frame too short for its headers")
+    if frame[l4 + 12] >> 4 < 5:
+        raise MalformedDatagram("TCP header shorter than 20 bytes")
     headers_end = l4 + (frame[l4 + 12] >> 4) * 4
+    if len(frame) < headers_end:
+        raise MalformedDatagram("GSO frame too short for its TCP options")
     if len(frame) <= headers_end + mss * per_record:  # nothing to cut
         return None
     return _segments(frame, (l3, l4, headers_end), mss, v4, per_record, view[1])
