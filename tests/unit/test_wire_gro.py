@@ -114,3 +114,28 @@ def test_a_flushed_super_frame_is_not_touched_by_later_segments() -> None:
         coalescer.add(memoryview(segment))
     coalescer.flush()
     assert done == snapshot
+
+
+# Offsets in a record (vnet hdr 10, Ethernet 14, IPv4 20, TCP) of the fields that must be
+# equal for two segments to merge, besides the flow's addresses and ports.
+KEY_FIELDS = {
+    "destination MAC": 10,
+    "source MAC": 16,
+    "TOS": 10 + 14 + 1,
+    "DF flag": 10 + 14 + 6,
+    "TTL": 10 + 14 + 8,
+    "source address": 10 + 14 + 12,
+    "destination address": 10 + 14 + 19,
+    "source port": 10 + 34,
+    "destination port": 10 + 34 + 3,
+    "ACK number": 10 + 34 + 11,
+    "window": 10 + 34 + 15,
+}
+
+
+@pytest.mark.parametrize("offset", KEY_FIELDS.values(), ids=KEY_FIELDS.keys())
+def test_a_segment_whose_headers_differ_is_not_merged(offset: int) -> None:
+    segments = [bytearray(r) for r in segment_record(_super_frame(bytes(5000), 1000, False))]
+    segments[1][offset] ^= 0x01
+    out = _coalesce([bytes(r) for r in segments])
+    assert out[0] == bytes(segments[0]) and out[1] == bytes(segments[1])

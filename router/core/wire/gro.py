@@ -48,24 +48,13 @@ ACK, PSH = 0x10, 0x08
 NOT_MERGEABLE = 0x01 | 0x02 | 0x04 | 0x20 | 0x40 | 0x80  # FIN SYN RST URG ECE CWR
 CANDIDATE_VNET = bytes((VNET_F_NEEDS_CSUM, VNET_GSO_NONE))
 CSUM_FIELDS = struct.pack("<HH", CSUM_START, TCP_CSUM_OFFSET)
+ETH_P_IPV4 = 0x0800
+# From the vnet hdr to the TCP window, the fields a candidate is checked and keyed by (the
+# vnet hdr's own fields as raw bytes, so its byte order does not matter).
+_HEADERS = struct.Struct("!2s4x4s12sHBBH2xHBB2x12sI4sBBH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 IPPROTO_TCP = 6
-
-
-def _flow_key(record: bytes | bytearray | memoryview, options_end: int) -> bytes:
-    """What must be equal for two segments to merge (besides the sequence number)."""
-    return b"".join(
-        (
-            record[VNET_HDR_SIZE:IP_AT],  # MACs, ethertype
-            record[IP_AT + 1 : IP_AT + 2],  # TOS
-            record[IP_AT + 6 : IP_AT + 10],  # flags, fragment offset, TTL, protocol
-            record[IP_AT + 12 : TCP_AT + 4],  # addresses, ports
-            record[TCP_AT + 8 : TCP_AT + 13],  # ACK number, data offset
-            record[TCP_AT + 14 : TCP_AT + 16],  # window
-            record[PAYLOAD_MIN_AT:options_end],  # TCP options
-        )
-    )
 
 
 class TcpCoalescer:
@@ -76,7 +65,7 @@ class TcpCoalescer:
     def __init__(self, limit: int = GRO_MAX_BYTES) -> None:
         self.limit = limit + VNET_HDR_SIZE  # in record bytes
         self._pending = bytearray()
-        self._key = b""
+        self._key: tuple[object, ...] = ()
         self._next_seq = 0
         self._mss = 0
         self.count = 0  # segments pending in the super-frame being built (0: none)
@@ -87,29 +76,45 @@ class TcpCoalescer:
 
         Returns (a finished super-frame or segment to write first, or None; whether
         `record` was taken — if not, the caller writes it itself, after the first)."""
-        if (
-            record[0:2] != CANDIDATE_VNET
-            or record[6:10] != CSUM_FIELDS
-            or record[IP_AT] != 0x45
-            or record[IP_AT + 9] != 6
-            or record[IP_AT - 2 : IP_AT] != b"\x08\x00"
-        ):
+        if len(record) < PAYLOAD_MIN_AT:
             return self.flush(), False
-        flags = record[TCP_AT + 13]
-        (total,) = _U16.unpack_from(record, IP_AT + 2)
-        payload_at = TCP_AT + (record[TCP_AT + 12] >> 4) * 4
+        (
+            vnet_kind,
+            vnet_csum,
+            macs,
+            ethertype,
+            version_ihl,
+            tos,
+            total,
+            fragment,
+            ttl,
+            protocol,
+            addresses_ports,
+            seq,
+            ack,
+            data_offset,
+            flags,
+            window,
+        ) = _HEADERS.unpack_from(record)
+        payload_at = TCP_AT + (data_offset >> 4) * 4
         payload = IP_AT + total - payload_at
         if (
-            flags & NOT_MERGEABLE
+            vnet_kind != CANDIDATE_VNET
+            or vnet_csum != CSUM_FIELDS
+            or version_ihl != 0x45
+            or protocol != IPPROTO_TCP
+            or ethertype != ETH_P_IPV4
+            or flags & NOT_MERGEABLE
             or not flags & ACK
             or payload <= 0
             or payload_at < PAYLOAD_MIN_AT
             or len(record) != IP_AT + total
-            or _U16.unpack_from(record, IP_AT + 6)[0] & 0x3FFF  # MF or a fragment offset
+            or fragment & 0x3FFF  # MF or a fragment offset
         ):
             return self.flush(), False
-        (seq,) = _U32.unpack_from(record, TCP_AT + 4)
-        key = _flow_key(record, payload_at)
+        # What must be equal for two segments to merge (besides the sequence number).
+        options = bytes(record[PAYLOAD_MIN_AT:payload_at]) if payload_at > PAYLOAD_MIN_AT else b""
+        key = (macs, tos, fragment, ttl, addresses_ports, ack, data_offset, window, options)
         pending = self._pending
         if (
             self.count
