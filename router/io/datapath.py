@@ -192,6 +192,16 @@ class SegmentBatch:
         self.last = False  # a shorter datagram was added: nothing may follow it
         self.pieces = PieceHeaders()  # the same thread's trains of pieces
 
+    def must_send_before(self, size: int, endpoint: tuple[str, int]) -> bool:
+        """Whether what the batch holds must leave before a datagram of `size` joins it."""
+        return (
+            self.last
+            or size > self.size
+            or self.used + size > MAX_UDP_PAYLOAD
+            or self.count >= GSO_MAX_SEGMENTS
+            or self.endpoint != endpoint
+        )
+
 
 def open_udp_socket(port: int) -> socket.socket:
     """The data-plane socket: big buffers (beyond rmem_max), fragmentation allowed."""
@@ -447,13 +457,7 @@ class DataPlane:
         with link.send_lock:
             datagram = link.seal_into(buf, end)
             size = len(datagram)
-            if batch.count and (
-                batch.last
-                or size > batch.size
-                or batch.used + size > MAX_UDP_PAYLOAD
-                or batch.count >= GSO_MAX_SEGMENTS
-                or batch.endpoint != link.endpoint
-            ):
+            if batch.count and batch.must_send_before(size, link.endpoint):
                 self._send_segments(batch, counters)
             if not batch.count:
                 batch.size = size
@@ -529,13 +533,7 @@ class DataPlane:
                 frame_len = len(headers) + stop - start
                 end = headers_at + frame_len  # the datagram's end, plain
                 size = end - HEADER_SIZE + overhead
-                if batch.count and (
-                    batch.last
-                    or size > batch.size
-                    or batch.used + size > MAX_UDP_PAYLOAD
-                    or batch.count >= GSO_MAX_SEGMENTS
-                    or batch.endpoint != endpoint
-                ):
+                if batch.count and batch.must_send_before(size, endpoint):
                     self._send_segments(batch, counters)
                 used = batch.used
                 target, at = (out, used) if plain else (scratch, 0)
