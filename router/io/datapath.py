@@ -79,7 +79,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyweave.router.core.forwarder import Forwarder
 from pyweave.router.core.link import Link
@@ -105,7 +105,7 @@ from pyweave.router.core.wire.data import (
     push_heartbeat,
 )
 from pyweave.router.core.wire.gro import TcpCoalescer
-from pyweave.router.core.wire.gso import segment_record, tcp_segments
+from pyweave.router.core.wire.gso import TCP_GSO_TYPES, gso_type, segment_record, tcp_segments
 from pyweave.router.core.wire.pieces import (
     DATAGRAM_PIECE,
     PIECE_HEADER_SIZE,
@@ -191,6 +191,16 @@ class SegmentBatch:
         self.endpoint: tuple[str, int] = ("", 0)
         self.last = False  # a shorter datagram was added: nothing may follow it
         self.pieces = PieceHeaders()  # the same thread's trains of pieces
+
+    def added(self, size: int, endpoint: tuple[str, int]) -> None:
+        """A datagram of `size` was written at `used` (after `must_send_before` was asked)."""
+        if not self.count:
+            self.size = size
+            self.endpoint = endpoint
+        elif size < self.size:
+            self.last = True
+        self.used += size
+        self.count += 1
 
     def must_send_before(self, size: int, endpoint: tuple[str, int]) -> bool:
         """Whether what the batch holds must leave before a datagram of `size` joins it."""
@@ -412,7 +422,7 @@ class DataPlane:
         link: Link,
         source: bytes,
         destination: int,
-        records: list[bytes],
+        records: Sequence[bytes | memoryview],
         buf: bytearray,
         counters: DataPlaneCounters,
         segments: SegmentBatch,
@@ -421,13 +431,15 @@ class DataPlane:
 
         A record larger than the path MTU goes alone; a super-frame is cut first if the link
         is in segment mode or the record would not fit one datagram.  In segment mode the
-        datagrams leave together, through `segments` (UDP_SEGMENT)."""
+        datagrams leave together, through `segments` (UDP_SEGMENT), and a TCP super-frame is
+        cut straight into that batch (`_send_cut`)."""
         limit = max(link.max_body, FRAMES_PREFIX_SIZE) + HEADER_SIZE
         largest = MAX_UDP_PAYLOAD - link.overhead + HEADER_SIZE
         gso = link.segment and self.udp_gso
         push_frames_prefix_into(buf, HEADER_SIZE, source, destination)
+        prefix = bytes(buf[HEADER_SIZE:RECORD_AT]) if gso else b""
         end = RECORD_AT
-        for record in self._cut_where_needed(link, records, largest, counters):
+        for record in self._cut_where_needed(link, records, largest, counters, gso):
             size = len(record)
             if end > RECORD_AT and end + size > limit:
                 if gso:
@@ -435,6 +447,11 @@ class DataPlane:
                 else:
                     self._seal_and_send(link, buf, end, counters, segments)
                 end = RECORD_AT
+            if gso and size > link.max_body and record[FRAME_LEN.size + 1]:  # kept: TCP
+                super_frame = memoryview(record)[FRAME_LEN.size :]
+                # (buf is a sealed link's scratch: the cut writes this same prefix there)
+                if self._send_cut(link, prefix, super_frame, buf, counters, segments):
+                    continue
             buf[end : end + size] = record
             end += size
         if end > RECORD_AT:
@@ -459,14 +476,8 @@ class DataPlane:
             size = len(datagram)
             if batch.count and batch.must_send_before(size, link.endpoint):
                 self._send_segments(batch, counters)
-            if not batch.count:
-                batch.size = size
-                batch.endpoint = link.endpoint
-            elif size < batch.size:
-                batch.last = True
             batch.buf[batch.used : batch.used + size] = datagram
-            batch.used += size
-            batch.count += 1
+            batch.added(size, link.endpoint)
 
     def _send_segments(self, batch: SegmentBatch, counters: DataPlaneCounters) -> None:
         """Send what `batch` holds: one sendmsg with UDP_SEGMENT (or one sendto)."""
@@ -500,16 +511,14 @@ class DataPlane:
         counters: DataPlaneCounters,
         batch: SegmentBatch,
     ) -> bool:
-        """Segment mode: cut a TCP super-frame (vnet hdr + frame) straight into datagrams.
+        """Segment mode: cut a TCP super-frame (vnet hdr + frame) straight into `batch`.
 
-        Each MSS segment is laid out as a whole datagram — header, frames prefix, record
-        length, vnet hdr, headers, payload — in the batch's buffer (plain: sealed in place)
-        or in `scratch` (sealed into the batch), and the batch leaves with UDP_SEGMENT: the
-        payload is copied once or twice instead of five times, with no objects per segment.
-        False (nothing sent) if this is not a TCP super-frame to cut or UDP_SEGMENT is off:
-        the general path (`_send_records`) takes it."""
-        if not self.udp_gso or len(record) + FRAME_LEN.size <= link.max_body:
-            return False  # (a super-frame that fits one datagram goes whole, as before)
+        Each MSS segment is laid out as the whole datagram it becomes — header, frames
+        prefix, record length, vnet hdr, headers, payload — in the batch's buffer (a plain
+        link writes its header in place) or in `scratch` (a sealed link seals from there into
+        the batch): the payload is copied once or twice, with no objects per segment.  The
+        caller (`_send_records`) sends the batch.  False if there is nothing to cut (the
+        payload fits one segment): the caller sends the record as it is."""
         try:
             cuts = tcp_segments(record, SEGMENTS_PER_DATAGRAM)
         except MalformedDatagram:
@@ -548,31 +557,36 @@ class DataPlane:
                         seal_into(out_view[used:], end)  # the header, in place
                     else:
                         out[used : used + size] = seal_into(scratch, end)
-                if not batch.count:
-                    batch.size = size
-                    batch.endpoint = endpoint
-                elif size < batch.size:
-                    batch.last = True
-                batch.used = used + size
-                batch.count += 1
+                batch.added(size, endpoint)
         except Exception:  # (a sealing error: nothing half-built may leave later)
             batch.used = batch.count = 0
             batch.last = False
             raise
-        self._send_segments(batch, counters)
         return True
 
     def _cut_where_needed(
-        self, link: Link, records: list[bytes], largest: int, counters: DataPlaneCounters
-    ) -> list[bytes]:
+        self,
+        link: Link,
+        records: Sequence[bytes | memoryview],
+        largest: int,
+        counters: DataPlaneCounters,
+        keep_tcp: bool,
+    ) -> Sequence[bytes | memoryview]:
+        """The records with every super-frame that needs it cut in software, in order.
+
+        With `keep_tcp` (segment mode with UDP_SEGMENT) TCP super-frames stay whole: the
+        caller cuts them straight into its batch (`_send_cut`)."""
         per_record = SEGMENTS_PER_DATAGRAM if link.segment else 1
         limit = link.max_body * per_record if link.segment else largest - RECORD_AT
         if all(len(r) <= limit for r in records):
             return records
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
         pack_len = FRAME_LEN.pack
         for record in records:
             if len(record) <= limit or not record[FRAME_LEN.size + 1]:  # not GSO: as is
+                out.append(record)
+                continue
+            if keep_tcp and gso_type(record[FRAME_LEN.size :]) in TCP_GSO_TYPES:
                 out.append(record)
                 continue
             try:
@@ -645,8 +659,6 @@ class DataPlane:
         tap_out = (batch_buf, counters, segments)
         send_datagram = self._send_datagram
         send_records = self._send_records
-        send_cut = self._send_cut
-        record_at = RECORD_AT + FRAME_LEN.size  # the vnet hdr, behind the record length
         flush = self._flush
         pieces = segments.pieces
         macs = self.forwarder.macs
@@ -724,11 +736,8 @@ class DataPlane:
                             pending = batches.pop((link.peer, destination), None)
                             if pending:
                                 send_records(link, source, destination, pending, *tap_out)
-                        cut = buf[HEADROOM + 1] and link.segment  # a super-frame, segment mode
-                        if cut and send_cut(link, prefix, view[record_at:end], *tap_out):
-                            continue
-                        if cut or end + link.overhead > largest:
-                            one = [bytes(view[RECORD_AT:end])]
+                        if (buf[HEADROOM + 1] and link.segment) or end + link.overhead > largest:
+                            one = [view[RECORD_AT:end]]  # (sent before the next read)
                             send_records(link, source, destination, one, *tap_out)
                             continue
                         buf[HEADER_SIZE:RECORD_AT] = prefix

@@ -1,10 +1,11 @@
-"""Segment mode's direct cut (`DataPlane._send_cut`) against the general path.
+"""Segment mode's cut, through `DataPlane._send_records`, against `segment_record`.
 
-A TCP super-frame read from the TAP on a link in segment mode is cut straight into the
-UDP_SEGMENT batch.  These tests run both that path and the general one
-(`_send_records`, which cuts with `segment_record` and seals segment by segment) on the
-same super-frame through a socket that records what it is given, and require the same
-datagrams: byte for byte on a plain link, the same bodies on a sealed one."""
+On a link in segment mode a TCP super-frame is cut straight into the UDP_SEGMENT batch
+(`_send_cut`): each segment is laid out as the datagram it becomes.  These tests send
+records through a socket that keeps what it is given and require exactly the datagrams
+the reference cutter (`gso.segment_record`, with its own tests) implies: byte for byte on
+a plain link (header, counters, frames prefix, record length, segment), body for body on
+a sealed one, in order with the small frames around them."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pyweave.router.core.link import Link, PlainLink
 from pyweave.router.core.mac_table import MacTable
 from pyweave.router.core.routes import Routes
 from pyweave.router.core.wire import data
+from pyweave.router.core.wire.gso import segment_record
 from pyweave.router.io.datapath import (
     GSO_MAX_SEGMENTS,
     SOL_UDP,
@@ -31,6 +33,8 @@ from test_wire_gso import _super_frame
 
 US, THEM = 0x0A0000000001, 0x0B0000000002
 ENDPOINT = ("192.0.2.2", 6783)
+PREFIX = data.push_frames_prefix(US, THEM)
+ARP = bytes(data.VNET_HDR_SIZE) + b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(28)
 
 
 class RecordingSocket:
@@ -38,12 +42,12 @@ class RecordingSocket:
 
     def __init__(self) -> None:
         self.datagrams: list[bytes] = []
-        self.batches: list[int] = []  # datagrams per call
+        self.calls = 0
 
     def sendto(self, data_: bytes | memoryview, _flags: int, endpoint: tuple[str, int]) -> int:
         assert endpoint == ENDPOINT
         self.datagrams.append(bytes(data_))
-        self.batches.append(1)
+        self.calls += 1
         return len(data_)
 
     def sendmsg(
@@ -61,7 +65,7 @@ class RecordingSocket:
         parts = [joined[i : i + size] for i in range(0, len(joined), size)]
         assert all(len(p) == size for p in parts[:-1]) and len(parts) <= GSO_MAX_SEGMENTS
         self.datagrams += parts
-        self.batches.append(len(parts))
+        self.calls += 1
         return len(joined)
 
 
@@ -76,84 +80,95 @@ def plane() -> Iterator[tuple[DataPlane, RecordingSocket]]:
     loop.close()
 
 
-def _both_paths(
-    dp: DataPlane, sock: RecordingSocket, link: Link, record: bytes
-) -> tuple[bool, list[bytes], list[bytes], DataPlaneCounters]:
-    """(cut taken, datagrams of the direct cut, datagrams of the general path, counters)."""
+def _record(frame: bytes) -> bytes:
+    """u16 frame length + vnet hdr + frame, as the data plane carries it."""
+    return struct.pack("!H", len(frame) - data.VNET_HDR_SIZE) + frame
+
+
+def _send(dp: DataPlane, link: Link, frames: list[bytes]) -> DataPlaneCounters:
     link.endpoint = ENDPOINT
     link.segment = True
     counters = DataPlaneCounters()
-    prefix = data.push_frames_prefix(US, THEM)
-    taken = dp._send_cut(link, prefix, memoryview(record), dp.batch_buf, counters, SegmentBatch())
-    direct, sock.datagrams = sock.datagrams, []
-    length = struct.pack("!H", len(record) - data.VNET_HDR_SIZE)
+    records = [_record(f) for f in frames]
     dp._send_records(
-        link, US.to_bytes(6, "big"), THEM, [length + record], dp.batch_buf, counters, SegmentBatch()
+        link, US.to_bytes(6, "big"), THEM, records, dp.batch_buf, counters, SegmentBatch()
     )
-    general, sock.datagrams = sock.datagrams, []
-    return taken, direct, general, counters
+    return counters
+
+
+def _expected_bodies(frames: list[bytes]) -> list[bytes]:
+    """One body per segment (and per small frame), as the reference cutter implies."""
+    bodies = []
+    for frame in frames:
+        for segment in segment_record(frame):
+            bodies.append(PREFIX + _record(segment))
+    return bodies
 
 
 @pytest.mark.parametrize("payload_size", [65000, 20 * 1349, 20 * 1349 + 1, 1500])
-def test_plain_link_sends_the_same_bytes(
+def test_plain_link_sends_the_reference_segments(
     plane: tuple[DataPlane, RecordingSocket], payload_size: int
 ) -> None:
     dp, sock = plane
     payload = (bytes(range(256)) * (payload_size // 256 + 1))[:payload_size]
-    record = _super_frame(payload, 1349, False)
+    frame = _super_frame(payload, 1349, False)
     link = PlainLink(THEM, ENDPOINT, 5, 9, 1472)
-    sent_before = link.send_counter
-    taken, direct, general, counters = _both_paths(dp, sock, link, record)
-    assert taken
-    segments = -(-payload_size // 1349)
-    assert len(direct) == segments and counters.frames_segmented == 2
-    # The general path ran second: its counters continue where the direct cut's ended.
-    renumbered = []
-    for i, datagram in enumerate(general):
-        header = bytearray(datagram[: data.HEADER_SIZE])
-        struct.pack_into("!Q", header, 8, sent_before + 1 + i)
-        renumbered.append(bytes(header) + datagram[data.HEADER_SIZE :])
-    assert direct == renumbered
-    if segments > 44:  # more than a 64 KB batch holds: sent in two calls
-        assert len(sock.batches) >= 2
+    counters = _send(dp, link, [frame])
+    expected = [
+        data.HEADER.pack(data.DATAGRAM_PLAIN, 0, data.HEADER_SIZE + len(body), 9, i + 1) + body
+        for i, body in enumerate(_expected_bodies([frame]))
+    ]
+    assert len(expected) == -(-payload_size // 1349)
+    assert sock.datagrams == expected
+    assert counters.frames_segmented == 1
+    if len(expected) > 44:  # more than one 64 KB batch: several sendmsg calls
+        assert sock.calls >= 2
 
 
-def test_sealed_link_sends_the_same_bodies(plane: tuple[DataPlane, RecordingSocket]) -> None:
+def test_sealed_link_sends_the_reference_bodies(plane: tuple[DataPlane, RecordingSocket]) -> None:
     dp, sock = plane
     sender, receiver = sealed_links()
-    record = _super_frame(bytes(range(256)) * 200, 1349, False)
-    taken, direct, general, _ = _both_paths(dp, sock, sender, record)
-    assert taken and len(direct) == len(general) == -(-(256 * 200) // 1349)
-    bodies = []
-    for datagram in direct + general:
-        body = receiver.open(datagram)
-        assert body is not None
-        bodies.append(bytes(body))
-    assert bodies[: len(direct)] == bodies[len(direct) :]
+    frame = _super_frame(bytes(range(256)) * 200, 1349, False)
+    _send(dp, sender, [frame])
+    bodies = [receiver.open(d) for d in sock.datagrams]
+    assert [bytes(b) for b in bodies if b is not None] == _expected_bodies([frame])
 
 
-def test_what_is_not_cut_here_is_left_to_the_general_path(
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+def test_small_frames_keep_their_place_around_a_cut(
+    plane: tuple[DataPlane, RecordingSocket], sealed: bool
+) -> None:
+    dp, sock = plane
+    frame = _super_frame(bytes(range(256)) * 40, 1349, False)
+    if sealed:
+        link, receiver = sealed_links()
+        _send(dp, link, [ARP, frame, ARP, frame, ARP])
+        bodies = [bytes(b) for b in map(receiver.open, sock.datagrams) if b is not None]
+    else:
+        _send(dp, PlainLink(THEM, ENDPOINT, 5, 9, 1472), [ARP, frame, ARP, frame, ARP])
+        bodies = [d[data.HEADER_SIZE :] for d in sock.datagrams]
+    assert bodies == _expected_bodies([ARP, frame, ARP, frame, ARP])
+
+
+def test_without_udp_segment_the_same_datagrams_leave_one_by_one(
     plane: tuple[DataPlane, RecordingSocket],
 ) -> None:
     dp, sock = plane
-    link = PlainLink(THEM, ENDPOINT, 5, 9, 1472)
-    link.segment = True
-    prefix = data.push_frames_prefix(US, THEM)
-    counters = DataPlaneCounters()
+    dp.udp_gso = False  # the kernel refused UDP_SEGMENT
+    frame = _super_frame(bytes(range(256)) * 40, 1349, False)
+    _send(dp, PlainLink(THEM, ENDPOINT, 5, 9, 1472), [frame])
+    assert [d[data.HEADER_SIZE :] for d in sock.datagrams] == _expected_bodies([frame])
+    assert sock.calls == len(sock.datagrams)
 
-    def cut(record: bytes) -> bool:
-        return dp._send_cut(
-            link, prefix, memoryview(record), dp.batch_buf, counters, SegmentBatch()
-        )
 
-    fits = _super_frame(bytes(1300), 600, False)  # two MSS, but one datagram: sent whole
-    assert not cut(fits)
-    not_gso = bytearray(_super_frame(bytes(5000), 1349, False))
-    not_gso[1] = data.VNET_GSO_NONE
-    assert not cut(bytes(not_gso))
-    dp.udp_gso = False  # the kernel refused UDP_SEGMENT: one sendto each, elsewhere
-    assert not cut(_super_frame(bytes(5000), 1349, False))
-    assert sock.datagrams == [] and counters.frames_segmented == 0
+def test_a_super_frame_that_fits_one_datagram_goes_whole(
+    plane: tuple[DataPlane, RecordingSocket],
+) -> None:
+    dp, sock = plane
+    frame = _super_frame(bytes(1300), 600, False)  # two MSS, one datagram
+    counters = _send(dp, PlainLink(THEM, ENDPOINT, 5, 9, 1472), [frame])
+    assert [d[data.HEADER_SIZE :] for d in sock.datagrams] == [PREFIX + _record(frame)]
+    assert counters.frames_segmented == 0
 
 
 @pytest.mark.parametrize("field", ["ihl", "data_offset", "ethertype"])
@@ -161,18 +176,13 @@ def test_malformed_super_frame_is_counted_and_dropped(
     plane: tuple[DataPlane, RecordingSocket], field: str
 ) -> None:
     dp, sock = plane
-    link = PlainLink(THEM, ENDPOINT, 5, 9, 1472)
-    link.segment = True
-    record = bytearray(_super_frame(bytes(5000), 1349, False))
+    frame = bytearray(_super_frame(bytes(5000), 1349, False))
     if field == "ihl":
-        record[10 + 14] = 0x42  # IPv4 header of 8 bytes
+        frame[10 + 14] = 0x42  # IPv4 header of 8 bytes
     elif field == "data_offset":
-        record[10 + 34 + 12] = 2 << 4  # TCP header of 8 bytes
+        frame[10 + 34 + 12] = 2 << 4  # TCP header of 8 bytes
     else:
-        record[10 + 12 : 10 + 14] = b"\x86\xdd"  # IPv6 under a TCPv4 GSO type
-    counters = DataPlaneCounters()
-    prefix = data.push_frames_prefix(US, THEM)
-    batch = SegmentBatch()
-    assert dp._send_cut(link, prefix, memoryview(record), dp.batch_buf, counters, batch)
-    assert counters.drops_malformed == 1 and sock.datagrams == []
-    assert (batch.count, batch.used) == (0, 0)
+        frame[10 + 12 : 10 + 14] = b"\x86\xdd"  # IPv6 under a TCPv4 GSO type
+    counters = _send(dp, PlainLink(THEM, ENDPOINT, 5, 9, 1472), [bytes(frame), ARP])
+    assert counters.drops_malformed == 1
+    assert [d[data.HEADER_SIZE :] for d in sock.datagrams] == [PREFIX + _record(ARP)]

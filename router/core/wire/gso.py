@@ -51,6 +51,7 @@ TCP_CHECKSUM_OFFSET = 16
 TCP_FIN_PSH = 0x01 | 0x08
 TCP_CWR = 0x80
 IPPROTO_TCP = 6
+TCP_GSO_TYPES = (VNET_GSO_TCPV4, VNET_GSO_TCPV6)
 ETHERNET_AND_TAG = 18  # enough of the frame to read a VLAN-tagged ethertype
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -100,7 +101,7 @@ def tcp_segments(record: bytes | memoryview, per_record: int = 1) -> Segments | 
         raise MalformedDatagram("record shorter than its virtio_net_hdr")
     _flags, kind, _hdr_len, mss, _csum_start, _csum_off = VNET_HDR.unpack_from(view)
     kind &= ~VNET_GSO_ECN
-    if kind not in (VNET_GSO_TCPV4, VNET_GSO_TCPV6):
+    if kind not in TCP_GSO_TYPES:
         return None
     frame = view[VNET_HDR_SIZE:]
     if len(frame) < ETHERNET_AND_TAG:
