@@ -122,7 +122,7 @@ KEY_FIELDS = {
     "destination MAC": 10,
     "source MAC": 16,
     "TOS": 10 + 14 + 1,
-    "DF flag": 10 + 14 + 6,
+    "DF flag": 10 + 14 + 6,  # (toggled with 0x40 below: DF, not a fragment bit)
     "TTL": 10 + 14 + 8,
     "source address": 10 + 14 + 12,
     "destination address": 10 + 14 + 19,
@@ -135,7 +135,29 @@ KEY_FIELDS = {
 
 @pytest.mark.parametrize("offset", KEY_FIELDS.values(), ids=KEY_FIELDS.keys())
 def test_a_segment_whose_headers_differ_is_not_merged(offset: int) -> None:
-    segments = [bytearray(r) for r in segment_record(_super_frame(bytes(5000), 1000, False))]
-    segments[1][offset] ^= 0x01
+    original = segment_record(_super_frame(bytes(5000), 1000, False))
+    assert len(_coalesce(original)) == 1  # unchanged, they merge
+    segments = [bytearray(r) for r in original]
+    segments[1][offset] ^= 0x40 if offset == KEY_FIELDS["DF flag"] else 0x01
     out = _coalesce([bytes(r) for r in segments])
     assert out[0] == bytes(segments[0]) and out[1] == bytes(segments[1])
+
+
+def _with_timestamps(segment: bytes, tsval: int) -> bytes:
+    """The segment with a TCP timestamp option (NOP NOP TS), lengths adjusted."""
+    record = bytearray(segment)
+    tcp_at = 10 + 34
+    record[tcp_at + 12] = 8 << 4  # 32-byte TCP header
+    record[tcp_at + 20 : tcp_at + 20] = b"\x01\x01\x08\x0a" + struct.pack("!II", tsval, 7)
+    (total,) = struct.unpack_from("!H", record, 10 + 14 + 2)
+    struct.pack_into("!H", record, 10 + 14 + 2, total + 12)
+    return bytes(record)
+
+
+def test_tcp_options_must_be_equal_to_merge() -> None:
+    segments = segment_record(_super_frame(bytes(5000), 1000, False))
+    same = [_with_timestamps(r, 1234) for r in segments]
+    assert len(_coalesce(same)) == 1
+    differ = [*same[:2], _with_timestamps(segments[2], 1235), *same[3:]]
+    out = _coalesce(differ)  # 0-1 merged, 2 alone (other timestamp), 3-4 merged
+    assert len(out) == 3 and out[1] == differ[2]

@@ -171,12 +171,28 @@ def test_a_run_is_cut_to_fit_the_frame_limit() -> None:
     assert merge_udp_runs(records, max_frame=42 + 64) is records  # one per record: no merge
 
 
+def _with_gso_size(record: bytes, gso_size: int) -> bytes:
+    changed = bytearray(record[2:])
+    struct.pack_into("<H", changed, 4, gso_size)
+    return bytes(changed)
+
+
 def test_a_record_of_more_datagrams_than_linux_takes_is_refused() -> None:
-    (merged,) = merge_udp_runs(_run(4))
-    record = bytearray(merged[2:])
-    struct.pack_into("<H", record, 4, 1)  # gso_size 1: 256 datagrams of one byte
+    (merged,) = merge_udp_runs(_run(4))  # 256 payload bytes
+    assert len(cut_udp_record(_with_gso_size(merged, 2))) == 128  # the most Linux takes
     with pytest.raises(data.MalformedDatagram):
-        cut_udp_record(bytes(record))
+        cut_udp_record(_with_gso_size(merged, 1))  # 256 datagrams of one byte
+    (merged,) = merge_udp_runs(_run(3, size=86))  # 258 payload bytes
+    with pytest.raises(data.MalformedDatagram):
+        cut_udp_record(_with_gso_size(merged, 2))  # 129 datagrams
+
+
+def test_a_record_without_payload_is_refused() -> None:
+    (merged,) = merge_udp_runs(_run(2))
+    header_only = bytearray(merged[2 : 2 + 10 + 42])
+    struct.pack_into("!H", header_only, 10 + 14 + 2, 28)  # IPv4 total: headers only
+    with pytest.raises(data.MalformedDatagram):
+        cut_udp_record(bytes(header_only))
 
 
 @given(st.binary(max_size=400), st.integers(min_value=0, max_value=400))

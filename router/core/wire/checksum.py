@@ -7,7 +7,8 @@ and folded once.  An IPv4 header checksum is the complement of the folded sum of
 header with its checksum field zeroed.  A *partial* L4 checksum, what a virtio_net_hdr
 with NEEDS_CSUM promises the kernel, is the folded (not complemented) pseudo-header sum:
 addresses, protocol and L4 length; the device or the kernel adds the L4 bytes and
-complements later.  Every function here works on IPv4 headers in a bytearray at an offset.
+complements later.  `fold` and `sum_words` work on any words (IPv6 pseudo-headers too);
+the others on an IPv4 header at an offset of a buffer.
 """
 
 from __future__ import annotations

@@ -53,7 +53,6 @@ ETH_P_IPV4 = 0x0800
 # vnet hdr's own fields as raw bytes, so its byte order does not matter).
 _HEADERS = struct.Struct("!2s4x4s12sHBBH2xHBB2x12sI4sBBH")
 _U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
 IPPROTO_TCP = 6
 
 

@@ -22,7 +22,11 @@ datagram — `segment_record` does the kernel's job here:
 The TAP is opened without UFO/USO, so TCPv4/TCPv6 are the GSO types it hands us; a
 GSO_UDP_L4 record (a run of small datagrams merged by the sender, core/wire/uso.py) is cut
 into one frame per datagram by `uso.cut_udp_record`; any other record is returned unchanged.
-Input and output records are `virtio_net_hdr + frame`.
+Input and output records are `virtio_net_hdr + frame`.  `tcp_segments` is the same cut for
+a caller that lays the segments out itself (the data plane writes each straight into the
+datagram it becomes); `segment_record` builds the records from it.  A super-frame whose
+headers do not hold together (lengths, IHL or data offset under 20 bytes, an ethertype
+that does not match the GSO type) raises MalformedDatagram.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from pyweave.router.core.wire.checksum import fold, set_ipv4_checksum, sum_words
+from pyweave.router.core.wire.checksum import fold, ipv4_pseudo_sum, set_ipv4_checksum, sum_words
 from pyweave.router.core.wire.data import (
     VNET_F_NEEDS_CSUM,
     VNET_GSO_ECN,
@@ -77,7 +81,7 @@ def segment_record(record: bytes | memoryview, per_record: int = 1) -> list[byte
     With per_record > 1 the pieces are smaller super-frames (still GSO, the far kernel
     cuts them further); with 1 they are plain MSS-sized frames.  See the module doc."""
     view = memoryview(record)
-    kind = view[1] & ~VNET_GSO_ECN if len(view) > 1 else VNET_GSO_NONE
+    kind = gso_type(view) if len(view) > 1 else VNET_GSO_NONE
     if kind == VNET_GSO_UDP_L4:  # a run of small datagrams (uso.py): one frame each
         return cut_udp_record(view)
     cuts = tcp_segments(view, per_record)
@@ -140,7 +144,7 @@ def _segments(
     header = bytearray(frame[:headers_end])
     tcp_header_len = headers_end - l4
     if v4:
-        pseudo = sum_words(header[l3 + 12 : l3 + 20]) + IPPROTO_TCP
+        pseudo = ipv4_pseudo_sum(header, l3, IPPROTO_TCP)
         (ip_id,) = _U16.unpack_from(header, l3 + 4)
     else:
         pseudo = sum_words(header[l3 + 8 : l3 + 40]) + IPPROTO_TCP

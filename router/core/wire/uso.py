@@ -19,7 +19,9 @@ socket: a virtio_net_hdr asking for a partial checksum at the UDP checksum (NEED
 csum_start 34, csum_offset 6, no GSO), untagged IPv4 without options, not a fragment, no
 Ethernet padding, a non-empty payload.  Later records join while everything but the IP ID
 and checksum is byte-for-byte the first one's (MACs, TOS, total length, DF, TTL,
-addresses, ports, UDP length), so a run never mixes flows or sizes; order is kept.
+addresses, ports, UDP length), so a run never mixes flows or sizes; order is kept.  (The
+UDP checksum field is not compared: for partial-checksum frames of one flow and size it
+holds the same pseudo-header sum.)
 
 The super-frame follows the kernel's contract for UDP GSO packets: IPv4 total length and
 header checksum for the whole, the UDP length of the whole, the UDP checksum field holding
@@ -27,7 +29,8 @@ the folded pseudo-header sum for that length (the kernel adjusts it per segment)
 vnet hdr_len 42 / gso_size = the datagram payload.  Cutting gives each datagram the IP ID
 of the first plus its index, as the kernel does.  At most MAX_SEGMENTS datagrams and
 `max_frame` frame bytes per super-frame (the data plane passes what fits one path-MTU
-datagram; never more than GRO_MAX_BYTES, the veths' gso_max_size).
+datagram; never more than GRO_MAX_BYTES, the gso_max_size of the TAP and the containers'
+veths).
 
 `cut_udp_record` is the software fallback: the receiving kernel refused the write
 (EINVAL: Linux < 6.2 knows no GSO_UDP_L4), or a relay's next link is in segment mode and
@@ -49,7 +52,7 @@ from pyweave.router.core.wire.data import (
     VNET_HDR_SIZE,
     MalformedDatagram,
 )
-from pyweave.router.core.wire.gro import GRO_MAX_BYTES  # the veths' gso_max_size
+from pyweave.router.core.wire.gro import GRO_MAX_BYTES  # the TAP's and veths' gso_max_size
 
 MAX_SEGMENTS = 64  # per merge: UDP_MAX_SEGMENTS of Linux before 6.9 (128 since)
 MAX_CUT_SEGMENTS = 128  # a record cutting into more is malformed (one datagram, 64 K writes)
@@ -98,6 +101,7 @@ def merge_udp_runs(records: list[bytes], max_frame: int = GRO_MAX_BYTES) -> list
     out: list[bytes] = []
     i = 0
     merged_any = False
+    limit = min(max_frame, GRO_MAX_BYTES) - (PAYLOAD_AT - VNET_HDR_SIZE)  # payload bytes
     while i < count:
         head = records[i]
         j = i + 1
@@ -106,8 +110,7 @@ def merge_udp_runs(records: list[bytes], max_frame: int = GRO_MAX_BYTES) -> list
             size = len(head)
             # Everything but the IP ID (30-31) and IP checksum (36-37) must be equal.
             same_a, same_b, same_c = head[2:30], head[32:36], head[38:52]
-            limit = min(max_frame, GRO_MAX_BYTES) - (PAYLOAD_AT - VNET_HDR_SIZE)
-            stop = min(count, i + MAX_SEGMENTS, i + max(limit, 0) // payload)
+            stop = min(count, i + MAX_SEGMENTS, i + limit // payload)
             while j < stop:
                 record = records[j]
                 if (
@@ -161,7 +164,7 @@ def cut_udp_record(record: bytes | memoryview) -> list[bytes]:
     from a local socket; see the module docstring.  Raises MalformedDatagram for anything
     this router would not have made (IPv6, IP options, inconsistent lengths)."""
     view = memoryview(record)
-    if len(view) < PAYLOAD_AT:
+    if len(view) <= PAYLOAD_AT:  # (no payload: no datagram to cut)
         raise MalformedDatagram("UDP GSO record too short for its headers")
     _flags, _kind, _hdr_len, gso_size, _start, _offset = VNET_HDR.unpack_from(view)
     if (
