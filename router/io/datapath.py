@@ -37,9 +37,10 @@ sealed datagram.  A TCP
 super-frame is cut into MSS-sized frames in software (core/wire/gso.py) instead when the
 link is in *segment* mode (the peer reports underlay loss, so a 64 KB train would be lost
 whole) or when it would not fit one datagram; those segments leave in UDP_SEGMENT batches
-(one `sendmsg` per super-frame).  In segment mode a super-frame read from the TAP is cut
-straight into that batch (`_send_cut`): each segment is laid out as the datagram it
-becomes, and a plain link writes its header in place.
+(one `sendmsg` per 64 KB of datagrams).  In segment mode a TCP super-frame is cut
+straight into that batch (`_send_cut`, from `_send_records`, which every sender uses):
+each segment is laid out as the datagram it becomes, and a plain link writes its header
+in place.
 
 Mesh -> TAP (UDP thread).  Datagrams are received into a preallocated buffer.  The socket
 has UDP_GRO on, so one read may hold several datagrams of one sender, merged by the host's
