@@ -68,6 +68,7 @@ class Link:
     """Shared bookkeeping; subclasses implement seal/open."""
 
     encrypted = False
+    trains_salvaged = False  # the receiver delivers what arrived of a train (salvage.py)
     overhead = HEADER_SIZE  # bytes a datagram adds to its body
 
     def __init__(
@@ -92,7 +93,8 @@ class Link:
         self.last_heard = 0.0
         self.confirmed = False  # the control thread has seen a datagram from the peer
         self.rtt: float | None = None
-        self.segment = False  # cut super-frames to path-MTU datagrams (peer sees loss)
+        self.lossy = False  # the peer reports loss on what we send (with hysteresis)
+        self.segment = False  # cut super-frames to path-MTU datagrams (lossy, see above)
         self.peer_loss_ppm = LOSS_UNKNOWN
         self._rx_epoch = -1
         self._reset_loss_interval()
@@ -153,9 +155,10 @@ class Link:
             return
         self.peer_loss_ppm = ppm
         if ppm >= LOSS_ENTER_PPM:
-            self.segment = True
+            self.lossy = True
         elif ppm <= LOSS_LEAVE_PPM:
-            self.segment = False
+            self.lossy = False
+        self.segment = self.lossy and not (self.trains_salvaged and self.pieces)
 
     def heard(self, now: float) -> None:
         self.last_heard = now
@@ -164,6 +167,7 @@ class Link:
 class PlainLink(Link):
     """No encryption: header + body, the counter only for diagnostics."""
 
+    trains_salvaged = True
     drops_malformed = 0
 
     def drop_counts(self) -> tuple[int, int, int]:

@@ -167,6 +167,7 @@ class DataPlaneCounters:
         self.trains_joined = 0  # trains received and joined (all pieces in one read, or not)
         self.trains_joined_piecewise = 0  # of those, trains whose pieces came in several reads
         self.trains_given_up = 0  # trains never completed (a piece lost)
+        self.trains_salvaged = 0  # of those, plain trains whose intact parts went on
         self.udp_frames_merged = 0  # small UDP frames merged into a GSO super-frame (uso.py)
         self.udp_gso_cut = 0  # UDP GSO records the kernel refused, cut here (Linux < 6.2)
 
@@ -290,6 +291,7 @@ class DataPlane:
         total.trains_joined += self.joiner.joined
         total.trains_joined_piecewise = self.joiner.joined
         total.trains_given_up = self.joiner.given_up
+        total.trains_salvaged = self.joiner.salvaged_trains
         total.drops_malformed += self.joiner.malformed
         return total
 
@@ -327,9 +329,18 @@ class DataPlane:
 
     def add_link(self, link: Link) -> None:
         link.send_lock = threading.Lock()  # before any thread of ours can see the link
+        link.pieces = link.pieces and self.udp_gso
         self.links_by_peer[link.peer] = link
         self.links_by_index[link.local_index] = link
         self.routes_changed()
+
+    def _without_udp_gso(self) -> None:
+        """The kernel refused UDP_SEGMENT: no batches and no trains from now on, so large
+        datagrams travel as IP fragments, which nobody salvages: a lossy link segments
+        again (Link.peer_reported_loss reads `pieces`)."""
+        self.udp_gso = False
+        for link in list(self.links_by_index.values()):
+            link.pieces = False
 
     def remove_link(self, link: Link) -> None:
         if self.links_by_peer.get(link.peer) is link:
@@ -404,7 +415,7 @@ class DataPlane:
             if exc.errno in GSO_UNSUPPORTED:
                 # EINVAL/EIO: this path (a smaller route MTU, IPsec) cannot; the others may.
                 if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                    self.udp_gso = False
+                    self._without_udp_gso()
                 link.pieces = False
                 log.warning(
                     "UDP_SEGMENT refused towards %s (%s): large datagrams go as IP fragments",
@@ -494,7 +505,7 @@ class DataPlane:
             counters.udp_datagrams_out += batch.count
         except OSError as exc:
             if batch.count > 1 and exc.errno in GSO_UNSUPPORTED:
-                self.udp_gso = False  # this kernel or path cannot: one sendto per datagram
+                self._without_udp_gso()  # this kernel or path cannot: one sendto each
                 log.warning("UDP_SEGMENT refused (%s): segment mode sends one by one", exc)
                 for offset in range(0, batch.used, batch.size):
                     self._sendto(data[offset : offset + batch.size], batch.endpoint, counters)
@@ -807,6 +818,9 @@ class DataPlane:
         recv_into = self.sock.recv_into
         unpack_index = RECEIVER_INDEX.unpack_from
         joiner_add = self.joiner.add
+        open_trains = self.joiner.trains  # truthy while a train waits for pieces
+        salvaged = self.joiner.salvaged  # intact parts of trains that lost pieces
+        supersede = self.joiner.supersede
         copy_train = TrainCopier(buf, self.join_buf).copy
         unpack_header = HEADER.unpack_from
         monotonic = time.monotonic
@@ -863,8 +877,23 @@ class DataPlane:
                         except OSError:  # ECONNREFUSED from an earlier send: not fatal
                             continue
                     at = 0
-                    while at < n:  # the datagrams of one read (several if GRO merged them)
-                        if buf[at] == DATAGRAM_PIECE:
+                    # The datagrams of one read (several if GRO merged them), and any
+                    # salvaged ones (they go first: they came before what superseded them).
+                    while at < n or salvaged:
+                        fresh = True
+                        if salvaged:
+                            datagram = memoryview(salvaged.pop(0))
+                            fresh = False  # (its counter stays missing in the loss estimate)
+                        elif (
+                            open_trains
+                            and n - at >= PIECE_HEADER_SIZE
+                            and supersede(
+                                unpack_index(buf, at + 4)[0],
+                                unpack_index(buf, at + 8)[0] if buf[at] == DATAGRAM_PIECE else None,
+                            )
+                        ):
+                            continue  # the salvage of an older train first
+                        elif buf[at] == DATAGRAM_PIECE:
                             train = train_in_read(buf, at, n)
                             if train is None:  # not a whole train here: joined piece by piece
                                 stop = piece_end(buf, at, n)
@@ -959,7 +988,8 @@ class DataPlane:
                                 counters.drops_malformed += 1
                             elif relay:
                                 self._relay(body, destination, relay)
-                        link.note_received(epoch, counter, dsize)
+                        if fresh:
+                            link.note_received(epoch, counter, dsize)
                         link.last_heard = now
                         if not link.confirmed:
                             link.confirmed = True

@@ -161,21 +161,49 @@ def test_the_joiner_drops_a_piece_of_the_wrong_length_or_layout() -> None:
 
 
 def test_lost_pieces_hold_bounded_memory() -> None:
-    """Trains that never complete are given up once OPEN_TRAINS newer ones started."""
+    """Trains of many senders that never complete are given up once OPEN_TRAINS newer
+    ones started."""
     joiner = PieceJoiner()
     datagrams = [os.urandom(3000) for _ in range(3 * OPEN_TRAINS)]
-    for train, datagram in enumerate(datagrams):
-        assert joiner.add(memoryview(cut(datagram, train=train)[0])) is None
+    for sender, datagram in enumerate(datagrams):
+        assert joiner.add(memoryview(cut(datagram, receiver=sender)[0])) is None
         assert joiner.open_trains <= OPEN_TRAINS
     assert joiner.given_up == 2 * OPEN_TRAINS
     # The newest train still completes; one given up does not come back from a late piece.
     newest = len(datagrams) - 1
-    rest = cut(datagrams[newest], train=newest)[1:]
+    rest = cut(datagrams[newest], receiver=newest)[1:]
     assert joiner.add(memoryview(rest[0])) is None
     joined = joiner.add(memoryview(rest[1]))
     assert joined is not None and bytes(joined) == datagrams[newest]
-    late = cut(datagrams[0], train=0)
+    late = cut(datagrams[0], receiver=0)
     assert joiner.add(memoryview(late[1])) is None and joiner.add(memoryview(late[2])) is None
+
+
+@pytest.mark.parametrize("first", [7, 0xFFFFFFFF], ids=["train 7", "wrapping"])
+def test_a_later_datagram_of_the_same_sender_ends_its_older_trains(first: int) -> None:
+    """One sender's datagrams travel in order: once a later one arrives, the pieces still
+    missing from an earlier train were lost.  Other senders' trains stay; a late piece
+    of an older train does not end a newer one."""
+    joiner = PieceJoiner()
+    second = (first + 1) & 0xFFFFFFFF
+    older = cut(os.urandom(5000), train=first, receiver=5)
+    newer = cut(os.urandom(5000), train=second, receiver=5)
+    other = cut(os.urandom(5000), train=first, receiver=6)
+    assert joiner.add(memoryview(older[0])) is None
+    assert joiner.add(memoryview(other[0])) is None
+    assert joiner.add(memoryview(newer[0])) is None
+    assert joiner.given_up == 1 and joiner.open_trains == 2
+    assert joiner.add(memoryview(older[1])) is None  # late: opens its own entry again
+    assert joiner.open_trains == 3 and joiner.given_up == 1
+    for piece in newer[1:]:
+        joined = joiner.add(memoryview(piece))
+    assert joined is not None
+    assert not joiner.supersede(5, first)  # the late piece's own train is not older
+    assert joiner.supersede(5, second) and joiner.open_trains == 1  # now it goes
+    assert joiner.add(memoryview(older[2])) is None
+    assert joiner.supersede(5) and joiner.open_trains == 1  # a non-piece datagram: all go
+    assert not joiner.supersede(5) and not joiner.supersede(7)
+    assert joiner.given_up == 3
 
 
 def test_pieces_fit_the_udp_segment_limits() -> None:

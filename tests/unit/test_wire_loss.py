@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyweave.router.core.link import (
     LOSS_ENTER_PPM,
+    Link,
     PlainLink,
     estimate_loss_ppm,
 )
@@ -56,7 +57,7 @@ def test_a_flow_stalled_by_loss_is_reported_from_few_datagrams() -> None:
     report = link.take_loss_report()
     assert report != LOSS_UNKNOWN and report >= LOSS_ENTER_PPM
     link.peer_reported_loss(report)
-    assert link.segment
+    assert link.lossy
 
 
 def test_rekey_restarts_the_interval() -> None:
@@ -68,13 +69,31 @@ def test_rekey_restarts_the_interval() -> None:
     assert link.take_loss_report() == 0
 
 
-def test_reports_switch_segment_mode_with_hysteresis() -> None:
+def test_reports_switch_the_lossy_state_with_hysteresis() -> None:
     link = _link()
     link.peer_reported_loss(LOSS_ENTER_PPM)
-    assert link.segment
+    assert link.lossy
     link.peer_reported_loss(LOSS_ENTER_PPM - 1)
-    assert link.segment  # between the thresholds: unchanged
+    assert link.lossy  # between the thresholds: unchanged
     link.peer_reported_loss(LOSS_UNKNOWN)
-    assert link.segment
+    assert link.lossy
     link.peer_reported_loss(0)
-    assert not link.segment
+    assert not link.lossy
+
+
+def test_segment_mode_only_where_a_lost_piece_loses_the_whole_datagram() -> None:
+    """A plain link's trains are salvaged (core/wire/salvage.py): it keeps super-frames
+    under loss.  A sealed link (its tag covers the whole datagram), or any link whose
+    large datagrams go as IP fragments (the kernel refused UDP_SEGMENT), segments."""
+    plain = _link()
+    sealed_like = Link(1, ("192.0.2.1", 6783), 7, 9, 1472)  # trains_salvaged is False
+    assert not Link.trains_salvaged and PlainLink.trains_salvaged
+    for link in (plain, sealed_like):
+        link.peer_reported_loss(LOSS_ENTER_PPM)
+        assert link.lossy
+    assert not plain.segment and sealed_like.segment
+    plain.pieces = False
+    plain.peer_reported_loss(LOSS_ENTER_PPM)
+    assert plain.segment
+    plain.peer_reported_loss(0)
+    assert not plain.segment and not plain.lossy

@@ -32,7 +32,8 @@ that does not match the GSO type) raises MalformedDatagram.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import chain
 
 from pyweave.router.core.wire.checksum import fold, ipv4_pseudo_sum, set_ipv4_checksum, sum_words
 from pyweave.router.core.wire.data import (
@@ -100,7 +101,65 @@ def tcp_segments(record: bytes | memoryview, per_record: int = 1) -> Segments | 
     payload.  Otherwise an iterator of (vnet hdr, headers, start, stop): each segment is
     `vnet hdr + headers + record[start:stop]`.  `headers` (Ethernet, IP, TCP) is one
     bytearray patched in place for each segment: copy it before the next step."""
+    layout = _tcp_layout(memoryview(record))
+    if layout is None:
+        return None
+    frame, offsets, mss, v4, gso_byte = layout
+    headers_end = offsets[2]
+    total = len(frame)
+    if total <= headers_end + mss * per_record:  # nothing to cut
+        return None
+    step = mss * per_record
+    cuts = zip(
+        range(headers_end, total, step),
+        chain(range(headers_end + step, total, step), (total,)),
+        strict=True,
+    )
+    return _segments(frame, offsets, mss, v4, cuts, gso_byte)
+
+
+def tcp_slices(record: bytes | memoryview, ranges: Iterable[tuple[int, int]]) -> list[bytes]:
+    """Records for the given byte ranges of a TCP GSO record's payload, headers patched.
+
+    `ranges` are (start, stop) offsets into the payload (after the TCP header), in order
+    and not overlapping.  Each slice becomes a record of its own, as the kernel would have
+    cut it: a smaller super-frame (GSO, `gso_size` kept) or, up to one MSS, one segment.
+    This is how the receiver delivers the intact parts of a super-frame that lost some of
+    its bytes on the way (core/wire/salvage.py).  Raises MalformedDatagram for a record
+    that is not a TCP super-frame or a range outside its payload."""
     view = memoryview(record)
+    layout = _tcp_layout(view)
+    if layout is None:
+        raise MalformedDatagram("not a TCP super-frame")
+    frame, offsets, mss, v4, gso_byte = layout
+    headers_end = offsets[2]
+    payload = len(frame) - headers_end
+    cuts = []
+    for start, stop in ranges:
+        if not 0 <= start < stop <= payload:
+            raise MalformedDatagram("slice outside the super-frame's payload")
+        cuts.append((headers_end + start, headers_end + stop))
+    return [
+        vnet + header + view[start:stop]
+        for vnet, header, start, stop in _segments(frame, offsets, mss, v4, iter(cuts), gso_byte)
+    ]
+
+
+def tcp_headers_size(record: bytes | memoryview) -> int:
+    """The length of a TCP GSO record's Ethernet/IP/TCP headers (where its payload starts
+    in the frame).  Raises MalformedDatagram for any other record or broken headers."""
+    layout = _tcp_layout(memoryview(record))
+    if layout is None:
+        raise MalformedDatagram("not a TCP super-frame")
+    return layout[1][2]
+
+
+_Layout = tuple[memoryview, tuple[int, int, int], int, bool, int]
+
+
+def _tcp_layout(view: memoryview) -> _Layout | None:
+    """(frame, (l3, l4, headers end), mss, v4, gso byte) of a TCP GSO record; None if the
+    record is not one.  Raises MalformedDatagram for headers that do not hold together."""
     if len(view) < VNET_HDR_SIZE:
         raise MalformedDatagram("record shorter than its virtio_net_hdr")
     _flags, kind, _hdr_len, mss, _csum_start, _csum_off = VNET_HDR.unpack_from(view)
@@ -126,9 +185,7 @@ def tcp_segments(record: bytes | memoryview, per_record: int = 1) -> Segments | 
     headers_end = l4 + (frame[l4 + 12] >> 4) * 4
     if len(frame) < headers_end:
         raise MalformedDatagram("GSO frame too short for its TCP options")
-    if len(frame) <= headers_end + mss * per_record:  # nothing to cut
-        return None
-    return _segments(frame, (l3, l4, headers_end), mss, v4, per_record, view[1])
+    return frame, (l3, l4, headers_end), mss, v4, view[1]
 
 
 def _segments(
@@ -136,10 +193,11 @@ def _segments(
     offsets: tuple[int, int, int],
     mss: int,
     v4: bool,
-    per_record: int,
+    cuts: Iterator[tuple[int, int]],
     gso_byte: int,
 ) -> Segments:
-    """The segmentation loop proper (one pass over the payload, headers patched in place)."""
+    """The segmentation loop proper: one segment per (start, stop) of the frame, in order,
+    headers patched in place (what the kernel gives the segment that starts there)."""
     l3, l4, headers_end = offsets
     header = bytearray(frame[:headers_end])
     tcp_header_len = headers_end - l4
@@ -153,22 +211,18 @@ def _segments(
     tcp_flags = header[l4 + 13]
     vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, l4, TCP_CHECKSUM_OFFSET)
     gso_vnet = VNET_HDR.pack(VNET_F_NEEDS_CSUM, gso_byte, headers_end, mss, l4, 16)
-    step = mss * per_record
     total = len(frame)
-    start = headers_end
-    index = 0
-    while start < total:
-        stop = min(start + step, total)
+    for start, stop in cuts:
         segment_len = tcp_header_len + stop - start
         if v4:
             _U16.pack_into(header, l3 + 2, l4 - l3 + segment_len)
-            _U16.pack_into(header, l3 + 4, (ip_id + index * per_record) & 0xFFFF)
+            _U16.pack_into(header, l3 + 4, (ip_id + (start - headers_end) // mss) & 0xFFFF)
             set_ipv4_checksum(header, l3, l4 - l3)
         else:
             _U16.pack_into(header, l3 + 4, segment_len)
         _U32.pack_into(header, l4 + 4, (seq + start - headers_end) & 0xFFFFFFFF)
         flags = tcp_flags if stop == total else tcp_flags & ~TCP_FIN_PSH
-        header[l4 + 13] = flags if index == 0 else flags & ~TCP_CWR
+        header[l4 + 13] = flags if start == headers_end else flags & ~TCP_CWR
         _U16.pack_into(header, l4 + TCP_CHECKSUM_OFFSET, fold(pseudo + segment_len))
         yield (
             (gso_vnet if stop - start > mss else vnet),
@@ -176,5 +230,3 @@ def _segments(
             VNET_HDR_SIZE + start,
             (VNET_HDR_SIZE + stop),
         )
-        start = stop
-        index += 1

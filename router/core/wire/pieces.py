@@ -37,6 +37,8 @@ from itertools import repeat
 from operator import setitem
 from typing import cast
 
+from pyweave.router.core.wire.salvage import salvage_train
+
 DATAGRAM_PIECE = 0x03
 PIECE = struct.Struct("!BBBBIIHH")
 PIECE_HEADER_SIZE = PIECE.size  # 16
@@ -46,6 +48,7 @@ MAX_TOTAL = 0xFFFF
 TRAIN_MAX = 0xFFFF - 20 - 8  # the largest IPv4 UDP payload: one UDP_SEGMENT send, one GRO skb
 OPEN_TRAINS = 8  # trains being joined at once (all receivers together)
 TRAIN_MASK = 0xFFFFFFFF
+TRAIN_HALF = 1 << 31  # train numbers wrap: a is before b when 0 < b - a < 2**31
 INDEXES = bytes(range(256))
 CUT_CACHE = 64  # buffers whose piece views are kept (one per sealed link, one per thread)
 _WHOLE = slice(None)
@@ -185,22 +188,33 @@ class TrainCopier:
 
 
 class _Train:
-    __slots__ = ("data", "have", "missing", "size")
+    __slots__ = ("count", "data", "have", "missing", "size")
 
     def __init__(self, size: int, total: int, count: int) -> None:
         self.data = bytearray(total)
         self.size = size
+        self.count = count
         self.have = 0  # bitmask of the pieces received
         self.missing = count
 
 
 class PieceJoiner:
-    """Joins pieces that did not arrive as one whole train in one read."""
+    """Joins pieces that did not arrive as one whole train in one read.
 
-    def __init__(self) -> None:
+    A train is given up when a ninth starts (the oldest goes) or when a later datagram
+    from the same sender arrives (`supersede`): a sender's datagrams travel in order on
+    one UDP flow, so the pieces still missing then were lost.  With `salvage` on, a given
+    up plain train's intact parts are kept (salvage.py) and queued in `salvaged`, for the
+    caller to take in order before the datagram that superseded them."""
+
+    def __init__(self, salvage: bool = True) -> None:
         self._trains: dict[tuple[int, int], _Train] = {}
+        self.trains = self._trains  # read-only for callers: truthy while any train is open
+        self.salvage = salvage
+        self.salvaged: list[bytearray] = []
         self.joined = 0
         self.given_up = 0  # trains dropped unfinished (a piece lost, or crowded out)
+        self.salvaged_trains = 0  # of those, trains whose intact parts were delivered
         self.malformed = 0
 
     def add(self, piece: memoryview) -> bytearray | None:
@@ -224,9 +238,10 @@ class PieceJoiner:
         key = (receiver, train)
         entry = self._trains.get(key)
         if entry is None:
+            self.supersede(receiver, train)
             if len(self._trains) >= OPEN_TRAINS:
-                del self._trains[next(iter(self._trains))]  # the oldest
-                self.given_up += 1
+                oldest = next(iter(self._trains))
+                self._give_up(self._trains.pop(oldest))
             entry = self._trains[key] = _Train(size, total, count)
         elif entry.size != size or len(entry.data) != total:
             self.malformed += 1
@@ -243,6 +258,30 @@ class PieceJoiner:
         del self._trains[key]
         self.joined += 1
         return entry.data
+
+    def supersede(self, receiver: int, train: int | None = None) -> bool:
+        """A datagram from `receiver`'s sender arrived: give up its older open trains.
+
+        `train` is the number of the train the datagram belongs to (None: not a piece);
+        trains of that number or later (modulo 2**32) stay.  Returns True if any train
+        was given up (its salvage, if any, is now in `salvaged`)."""
+        stale = [
+            key
+            for key in self._trains
+            if key[0] == receiver
+            and (train is None or 0 < (train - key[1]) & TRAIN_MASK < TRAIN_HALF)
+        ]
+        for key in stale:
+            self._give_up(self._trains.pop(key))
+        return bool(stale)
+
+    def _give_up(self, entry: _Train) -> None:
+        self.given_up += 1
+        if self.salvage:
+            saved = salvage_train(entry.data, entry.have, entry.count, entry.size)
+            if saved is not None:
+                self.salvaged.append(saved)
+                self.salvaged_trains += 1
 
     @property
     def open_trains(self) -> int:
