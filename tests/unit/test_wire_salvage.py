@@ -66,16 +66,19 @@ def _check_frame(record: bytes, v6: bool) -> tuple[int, int, bytes]:
 
 
 def _lose(datagram: bytes, lost: set[int]) -> list[bytearray]:
-    """Feed the pieces but `lost` to a joiner, then a piece of the next train: the
-    salvaged datagrams (in order)."""
+    """Feed the pieces but `lost` to a joiner: the salvaged datagrams.  The train ends at
+    its last piece, or, if that one is lost, at the first piece of the next train."""
     joiner = PieceJoiner()
     pieces = cut(datagram, train=7, receiver=77)
+    last = len(pieces) - 1
     for index, piece in enumerate(pieces):
         if index not in lost:
             assert joiner.add(memoryview(piece)) is None
-    assert joiner.open_trains == 1 and not joiner.salvaged
-    assert joiner.add(memoryview(cut(os.urandom(3000), train=8, receiver=77)[1])) is None
-    assert joiner.given_up == 1 and joiner.open_trains == 1
+            assert bool(joiner.salvaged) == (index == last)
+    if last in lost:
+        assert joiner.open_trains == 1 and not joiner.salvaged
+        assert joiner.add(memoryview(cut(os.urandom(3000), train=8, receiver=77)[1])) is None
+    assert joiner.given_up == 1 and joiner.open_trains == (1 if last in lost else 0)
     return joiner.salvaged
 
 
@@ -172,3 +175,16 @@ def test_runs_of_present_pieces() -> None:
     assert present_runs(0b0110, 4, 100, 350) == [(100, 300)]
     assert present_runs(0, 4, 100, 350) == []
     assert PIECE_HEADER_SIZE == 16
+
+
+def test_a_piece_reordered_behind_the_last_of_a_plain_train_is_lost_not_waited_for() -> None:
+    payload = os.urandom(6000)
+    pieces = cut(_datagram(_super_frame(payload, MSS, False)), receiver=77)
+    assert len(pieces) == 5
+    joiner = PieceJoiner()
+    for index in (0, 1, 3, 4):
+        assert joiner.add(memoryview(pieces[index])) is None
+    (saved,) = joiner.salvaged
+    assert [_check_frame(r, False)[0] - SEQ0 for r in _records(saved)] == [0, 3 * SIZE - 95]
+    assert joiner.add(memoryview(pieces[2])) is None  # late: a train of its own, never whole
+    assert joiner.open_trains == 1 and joiner.joined == 0

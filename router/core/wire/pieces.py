@@ -37,6 +37,7 @@ from itertools import repeat
 from operator import setitem
 from typing import cast
 
+from pyweave.router.core.wire.data import DATAGRAM_PLAIN
 from pyweave.router.core.wire.salvage import salvage_train
 
 DATAGRAM_PIECE = 0x03
@@ -201,9 +202,11 @@ class _Train:
 class PieceJoiner:
     """Joins pieces that did not arrive as one whole train in one read.
 
-    A train is given up when a ninth starts (the oldest goes) or when a later datagram
-    from the same sender arrives (`supersede`): a sender's datagrams travel in order on
-    one UDP flow, so the pieces still missing then were lost.  With `salvage` on, a given
+    A sender's datagrams travel in order on one UDP flow, so a train is given up when a
+    later datagram from the same sender arrives (`supersede`), or when a ninth train
+    starts (the oldest goes); a plain train that can be salvaged also when its last piece
+    arrives with others still missing (delivered at once; a piece reordered behind the
+    last is then lost, and TCP sends it again).  With `salvage` on, a given
     up plain train's intact parts are kept (salvage.py) and queued in `salvaged`, for the
     caller to take in order before the datagram that superseded them."""
 
@@ -254,6 +257,9 @@ class PieceJoiner:
         entry.data[at : at + payload] = piece[PIECE_HEADER_SIZE:]
         entry.missing -= 1
         if entry.missing:
+            if index == count - 1 and self._salvageable(entry):
+                del self._trains[key]  # the last piece, and some before it lost: ends here
+                self._give_up(entry)
             return None
         del self._trains[key]
         self.joined += 1
@@ -274,6 +280,11 @@ class PieceJoiner:
         for key in stale:
             self._give_up(self._trains.pop(key))
         return bool(stale)
+
+    def _salvageable(self, entry: _Train) -> bool:
+        """Worth ending at its last piece: a plain train whose first piece is here (a sealed
+        one waits for late pieces, reordered on the way, until it is superseded)."""
+        return self.salvage and entry.have & 1 == 1 and entry.data[0] == DATAGRAM_PLAIN
 
     def _give_up(self, entry: _Train) -> None:
         self.given_up += 1
