@@ -39,9 +39,11 @@ class ConnectionStatus(TypedDict):
     # `peer` is known, the CLI builds Weave's Info column itself: "[encrypted|unencrypted]
     # <overlay> <name>(<nickname>)"; a non-empty `info` is always printed verbatim.
     overlay: NotRequired[str]  # "fastdp" | "sleeve"; Weave's Attrs["name"]
-    # pyweave's data-path state for the link (shown by `weave report`): whether super-frames
-    # are cut into path-MTU datagrams because the peer reports underlay loss, and that
-    # report (parts per million; 4294967295 = not enough datagrams to tell).
+    # pyweave's data-path state for the link (shown by `weave report`): whether the peer
+    # reports underlay loss on what we send, whether super-frames are therefore cut into
+    # path-MTU datagrams (sealed links; plain ones are salvaged), and that report (parts
+    # per million; 4294967295 = not enough datagrams to tell).
+    lossy: NotRequired[bool]
     segmented: NotRequired[bool]
     peer_loss_ppm: NotRequired[int]
 

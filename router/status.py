@@ -47,6 +47,7 @@ def _connection_statuses(router: Router, now: float) -> list[ConnectionStatus]:
         entry["mtu"] = router.mtu
         entry["overlay"] = "sleeve"
         entry["segmented"] = conn.link.segment
+        entry["lossy"] = conn.link.lossy
         entry["peer_loss_ppm"] = conn.link.peer_loss_ppm
     for address, reason in router.connections.inbound_failures.shown(now):
         result.append({"address": address, "outbound": False, "state": "failed", "info": reason})

@@ -40,12 +40,17 @@ from contextlib import AbstractContextManager, nullcontext
 from pyweave.router.core.crypto.data_keys import OVERHEAD, DataReceiver, DataSender
 from pyweave.router.core.wire.data import (
     DATAGRAM_PLAIN,
+    FRAME_RECORD_OVERHEAD,
+    FRAMES_PREFIX_SIZE,
     HEADER,
     HEADER_SIZE,
     LOSS_UNKNOWN,
     MAX_UDP_PAYLOAD,
 )
+from pyweave.router.core.wire.gro import GRO_MAX_BYTES
+from pyweave.router.core.wire.pieces import pieces_fit
 
+LARGEST_PLAIN_DATAGRAM = HEADER_SIZE + FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD + GRO_MAX_BYTES
 LOSS_MIN_SAMPLE = 50  # datagrams per interval below which no estimate is made, unless ...
 LOSS_MIN_LOST = 5  # ... at least this many of them are missing (a flow stalled by loss)
 LOSS_ENTER_PPM = 2000  # 0.2 % underlay packet loss: start segmenting super-frames
@@ -87,12 +92,15 @@ class Link:
         self.max_body = max_datagram - self.overhead
         self.send_counter = 0
         self.train = 0  # the number of the last datagram sent as pieces
-        self.pieces = True  # cleared if the kernel refuses a train on this path
         # Held around seal + send and key switches; a real lock once a data plane shares it.
         self.send_lock: AbstractContextManager[object] = nullcontext()
         self.last_heard = 0.0
         self.confirmed = False  # the control thread has seen a datagram from the peer
         self.rtt: float | None = None
+        # The largest super-frame travels as a train of pieces (salvageable, see
+        # peer_reported_loss); False when the path MTU is too small for that or the
+        # kernel refused a train (`refuse_trains`): then it goes as IP fragments.
+        self.pieces = pieces_fit(LARGEST_PLAIN_DATAGRAM, max_datagram)
         self.lossy = False  # the peer reports loss on what we send (with hysteresis)
         self.segment = False  # cut super-frames to path-MTU datagrams (lossy, see above)
         self.peer_loss_ppm = LOSS_UNKNOWN
@@ -159,6 +167,12 @@ class Link:
         elif ppm <= LOSS_LEAVE_PPM:
             self.lossy = False
         self.segment = self.lossy and not (self.trains_salvaged and self.pieces)
+
+    def refuse_trains(self) -> None:
+        """The kernel cannot send trains on this path: large datagrams go as IP fragments,
+        which nobody salvages, so a lossy link segments from now on."""
+        self.pieces = False
+        self.segment = self.lossy
 
     def heard(self, now: float) -> None:
         self.last_heard = now

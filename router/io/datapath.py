@@ -329,18 +329,19 @@ class DataPlane:
 
     def add_link(self, link: Link) -> None:
         link.send_lock = threading.Lock()  # before any thread of ours can see the link
-        link.pieces = link.pieces and self.udp_gso
+        if not self.udp_gso:
+            link.refuse_trains()
         self.links_by_peer[link.peer] = link
         self.links_by_index[link.local_index] = link
         self.routes_changed()
 
     def _without_udp_gso(self) -> None:
         """The kernel refused UDP_SEGMENT: no batches and no trains from now on, so large
-        datagrams travel as IP fragments, which nobody salvages: a lossy link segments
-        again (Link.peer_reported_loss reads `pieces`)."""
+        datagrams travel as IP fragments, which nobody salvages: every link segments when
+        lossy (Link.refuse_trains)."""
         self.udp_gso = False
         for link in list(self.links_by_index.values()):
-            link.pieces = False
+            link.refuse_trains()
 
     def remove_link(self, link: Link) -> None:
         if self.links_by_peer.get(link.peer) is link:
@@ -416,7 +417,7 @@ class DataPlane:
                 # EINVAL/EIO: this path (a smaller route MTU, IPsec) cannot; the others may.
                 if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                     self._without_udp_gso()
-                link.pieces = False
+                link.refuse_trains()
                 log.warning(
                     "UDP_SEGMENT refused towards %s (%s): large datagrams go as IP fragments",
                     link.endpoint[0],
@@ -886,10 +887,10 @@ class DataPlane:
                             fresh = False  # (its counter stays missing in the loss estimate)
                         elif (
                             open_trains
+                            and buf[at] == DATAGRAM_PIECE
                             and n - at >= PIECE_HEADER_SIZE
                             and supersede(
-                                unpack_index(buf, at + 4)[0],
-                                unpack_index(buf, at + 8)[0] if buf[at] == DATAGRAM_PIECE else None,
+                                unpack_index(buf, at + 4)[0], unpack_index(buf, at + 8)[0]
                             )
                         ):
                             continue  # the salvage of an older train first
@@ -925,7 +926,7 @@ class DataPlane:
                             datagram = view[at:stop]
                             at = stop
                         dsize = len(datagram)
-                        counters.udp_datagrams_in += 1
+                        counters.udp_datagrams_in += fresh
                         if dsize <= HEADER_SIZE:
                             counters.drops_malformed += 1
                             continue

@@ -180,31 +180,43 @@ def test_lost_pieces_hold_bounded_memory() -> None:
     assert joiner.add(memoryview(late[1])) is None and joiner.add(memoryview(late[2])) is None
 
 
-@pytest.mark.parametrize("first", [7, 0xFFFFFFFF], ids=["train 7", "wrapping"])
-def test_a_later_datagram_of_the_same_sender_ends_its_older_trains(first: int) -> None:
-    """One sender's datagrams travel in order: once a later one arrives, the pieces still
-    missing from an earlier train were lost.  Other senders' trains stay; a late piece
-    of an older train does not end a newer one."""
-    joiner = PieceJoiner()
-    second = (first + 1) & 0xFFFFFFFF
-    older = cut(os.urandom(5000), train=first, receiver=5)
-    newer = cut(os.urandom(5000), train=second, receiver=5)
+@pytest.mark.parametrize("first", [7, 0xFFFFFFFE], ids=["train 7", "wrapping"])
+def test_a_train_two_later_of_the_same_sender_ends_the_older_ones(first: int) -> None:
+    """A train's pieces arrive in order, but two trains of one sender may interleave (two
+    of its threads, a multi-queue card): a piece of the next train leaves an open train
+    alone, a piece of the one after ends it.  Other senders' trains stay; a late piece
+    of an older train does not end a newer one; a datagram that is no piece ends none."""
+    trains = [(first + k) & 0xFFFFFFFF for k in range(3)]
+    cuts = [cut(os.urandom(5000), train=t, receiver=5) for t in trains]
     other = cut(os.urandom(5000), train=first, receiver=6)
-    assert joiner.add(memoryview(older[0])) is None
+    joiner = PieceJoiner()
+    assert joiner.add(memoryview(cuts[0][0])) is None
     assert joiner.add(memoryview(other[0])) is None
-    assert joiner.add(memoryview(newer[0])) is None
-    assert joiner.given_up == 1 and joiner.open_trains == 2
-    assert joiner.add(memoryview(older[1])) is None  # late: opens its own entry again
-    assert joiner.open_trains == 3 and joiner.given_up == 1
-    for piece in newer[1:]:
+    assert joiner.add(memoryview(cuts[1][0])) is None  # interleaved: both stay
+    assert joiner.open_trains == 3 and joiner.given_up == 0
+    assert not joiner.supersede(5, trains[1])
+    assert joiner.add(memoryview(cuts[0][1])) is None
+    assert joiner.add(memoryview(cuts[2][0])) is None  # two later: the first goes
+    assert joiner.given_up == 1 and joiner.open_trains == 3
+    assert joiner.add(memoryview(cuts[0][2])) is None  # late: a train of its own again ...
+    assert joiner.open_trains == 4
+    assert not joiner.supersede(5, trains[0])  # ... which a piece of its own number keeps
+    for piece in cuts[2][1:]:
         joined = joiner.add(memoryview(piece))
     assert joined is not None
-    assert not joiner.supersede(5, first)  # the late piece's own train is not older
-    assert joiner.supersede(5, second) and joiner.open_trains == 1  # now it goes
-    assert joiner.add(memoryview(older[2])) is None
-    assert joiner.supersede(5) and joiner.open_trains == 1  # a non-piece datagram: all go
-    assert not joiner.supersede(5) and not joiner.supersede(7)
-    assert joiner.given_up == 3
+    assert joiner.supersede(5, (trains[2] + 2) & 0xFFFFFFFF)  # the rest of 5's trains
+    assert joiner.open_trains == 1 and joiner.given_up == 3
+    assert not joiner.supersede(6, first)
+
+
+def test_one_senders_trains_crowd_each_other_out_too() -> None:
+    """Trains of one sender that no later piece ends (numbers counting down: a forger's,
+    or late pieces): at most OPEN_TRAINS of them are kept."""
+    joiner = PieceJoiner()
+    for train in range(1000, 1000 - 3 * OPEN_TRAINS, -1):
+        joiner.add(memoryview(cut(os.urandom(3000), train=train, receiver=5)[0]))
+        assert joiner.open_trains <= OPEN_TRAINS
+    assert joiner.open_trains == OPEN_TRAINS and joiner.given_up == 2 * OPEN_TRAINS
 
 
 def test_pieces_fit_the_udp_segment_limits() -> None:

@@ -11,8 +11,11 @@ import os
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pyweave.router.core.link import PlainLink
 from pyweave.router.core.wire import data
+from pyweave.router.core.wire.gso import segment_record
 from pyweave.router.core.wire.pieces import PIECE_HEADER_SIZE, PieceJoiner
 from pyweave.router.core.wire.salvage import present_runs, salvage_train
 from test_pieces import SIZE, cut
@@ -67,7 +70,7 @@ def _check_frame(record: bytes, v6: bool) -> tuple[int, int, bytes]:
 
 def _lose(datagram: bytes, lost: set[int]) -> list[bytearray]:
     """Feed the pieces but `lost` to a joiner: the salvaged datagrams.  The train ends at
-    its last piece, or, if that one is lost, at the first piece of the next train."""
+    its last piece, or, if that one is lost, at a piece of the train after the next."""
     joiner = PieceJoiner()
     pieces = cut(datagram, train=7, receiver=77)
     last = len(pieces) - 1
@@ -77,7 +80,7 @@ def _lose(datagram: bytes, lost: set[int]) -> list[bytearray]:
             assert bool(joiner.salvaged) == (index == last)
     if last in lost:
         assert joiner.open_trains == 1 and not joiner.salvaged
-        assert joiner.add(memoryview(cut(os.urandom(3000), train=8, receiver=77)[1])) is None
+        assert joiner.add(memoryview(cut(os.urandom(3000), train=9, receiver=77)[1])) is None
     assert joiner.given_up == 1 and joiner.open_trains == (1 if last in lost else 0)
     return joiner.salvaged
 
@@ -119,13 +122,24 @@ def test_the_intact_bytes_arrive_at_their_sequence_numbers(v6: bool, lost: set[i
         assert piece[:10] == record[:10] or len(got) <= MSS  # the rest of the vnet hdr kept
 
 
-def test_each_part_gets_the_ip_id_the_kernel_gives_the_segment_it_starts_in() -> None:
+def test_each_part_gets_the_ip_id_of_the_kernel_segment_it_starts_in() -> None:
     payload = os.urandom(20000)
-    (saved,) = _lose(_datagram(_super_frame(payload, MSS, False)), {3})
-    for piece in _records(saved):
+    record = _super_frame(payload, MSS, False)
+    kernel_ids = [struct.unpack_from("!H", r, 10 + 18)[0] for r in segment_record(record)]
+    (saved,) = _lose(_datagram(record), {3})
+    parts = _records(saved)
+    assert len(parts) == 2
+    for piece in parts:
         seq, _flags, _payload = _check_frame(piece, False)
         (ip_id,) = struct.unpack_from("!H", piece, 10 + 18)
-        assert ip_id == 99 + (seq - SEQ0) // MSS
+        assert ip_id == kernel_ids[(seq - SEQ0) // MSS]
+
+
+def test_fin_stays_on_the_part_that_ends_the_super_frame_only() -> None:
+    payload = os.urandom(9000)
+    (saved,) = _lose(_datagram(_super_frame(payload, MSS, False, flags=0x19)), {2})
+    flags = [_check_frame(r, False)[1] for r in _records(saved)]
+    assert flags == [0x10, 0x19]
 
 
 @pytest.mark.parametrize(
@@ -158,7 +172,8 @@ def test_a_sealed_train_is_given_up_and_nothing_salvaged() -> None:
     pieces = cut(datagram, receiver=77)
     for piece in pieces[:3] + pieces[4:]:
         joiner.add(memoryview(piece))
-    assert joiner.supersede(77) and joiner.salvaged == [] and joiner.given_up == 1
+    assert joiner.open_trains == 1  # a sealed train waits for a reordered piece ...
+    assert joiner.supersede(77, 9) and joiner.salvaged == [] and joiner.given_up == 1
     assert joiner.salvaged_trains == 0
 
 
@@ -167,7 +182,8 @@ def test_salvage_off_gives_up_as_before() -> None:
     pieces = cut(_datagram(_super_frame(os.urandom(30000), MSS, False)), receiver=77)
     for piece in pieces[:3] + pieces[4:]:
         joiner.add(memoryview(piece))
-    assert joiner.supersede(77) and joiner.salvaged == [] and joiner.given_up == 1
+    assert joiner.open_trains == 1 and joiner.salvaged == []  # not given up at its end
+    assert joiner.supersede(77, 9) and joiner.salvaged == [] and joiner.given_up == 1
 
 
 def test_runs_of_present_pieces() -> None:
@@ -177,7 +193,7 @@ def test_runs_of_present_pieces() -> None:
     assert PIECE_HEADER_SIZE == 16
 
 
-def test_a_piece_reordered_behind_the_last_of_a_plain_train_is_lost_not_waited_for() -> None:
+def test_a_piece_reordered_behind_the_last_of_a_plain_train_is_dropped_as_late() -> None:
     payload = os.urandom(6000)
     pieces = cut(_datagram(_super_frame(payload, MSS, False)), receiver=77)
     assert len(pieces) == 5
@@ -186,5 +202,30 @@ def test_a_piece_reordered_behind_the_last_of_a_plain_train_is_lost_not_waited_f
         assert joiner.add(memoryview(pieces[index])) is None
     (saved,) = joiner.salvaged
     assert [_check_frame(r, False)[0] - SEQ0 for r in _records(saved)] == [0, 3 * SIZE - 95]
-    assert joiner.add(memoryview(pieces[2])) is None  # late: a train of its own, never whole
-    assert joiner.open_trains == 1 and joiner.joined == 0
+    assert joiner.add(memoryview(pieces[2])) is None  # late: its train is over
+    assert (joiner.open_trains, joiner.late, joiner.given_up) == (0, 1, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+    lost=st.sets(st.integers(1, 21), max_size=5),
+    v6=st.booleans(),
+)
+def test_damaged_headers_never_raise_and_never_grow(
+    flips: list[tuple[int, int]], lost: set[int], v6: bool
+) -> None:
+    """Whatever the bytes of the first piece say (plain pieces are not authenticated),
+    the joiner salvages without an exception, and never more bytes than arrived."""
+    datagram = bytearray(_datagram(_super_frame(os.urandom(30000), MSS, v6)))
+    for at, value in flips:
+        datagram[at] = value
+    joiner = PieceJoiner()
+    for index, piece in enumerate(cut(bytes(datagram), receiver=77)):
+        if index not in lost:
+            joiner.add(memoryview(piece))
+    joiner.supersede(77, 9)
+    assert joiner.open_trains == 0
+    for saved in joiner.salvaged:
+        assert len(saved) < len(datagram)
+        _records(saved)  # the records fill the datagram exactly

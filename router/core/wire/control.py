@@ -33,7 +33,9 @@ MAGIC = b"pyweave\x00"
 # 2: datagram length field, trains of pieces (2026-11-28)
 # 3: UDP GSO records in frames bodies (2026-12-04): a version-2 receiver on Linux < 6.2
 #    would drop them, so the two refuse each other instead of losing small UDP silently
-CONTROL_VERSION = 3
+# 4: plain trains salvaged (core/wire/salvage.py), so plain links keep super-frames under
+#    loss: a version-3 receiver would lose them whole (2026-12-04)
+CONTROL_VERSION = 4
 MODE_PLAIN = 0
 MODE_NOISE_PSK = 1
 PREAMBLE = struct.Struct("!8sBB")

@@ -122,8 +122,11 @@ def tcp_slices(record: bytes | memoryview, ranges: Iterable[tuple[int, int]]) ->
     """Records for the given byte ranges of a TCP GSO record's payload, headers patched.
 
     `ranges` are (start, stop) offsets into the payload (after the TCP header), in order
-    and not overlapping.  Each slice becomes a record of its own, as the kernel would have
-    cut it: a smaller super-frame (GSO, `gso_size` kept) or, up to one MSS, one segment.
+    and not overlapping.  Each slice becomes a record of its own, with the headers the
+    kernel gives the segment of the stream that starts there (sequence number, IP ID of
+    the MSS segment it starts in, lengths, checksums, FIN/PSH only on a slice that ends
+    the super-frame, CWR only on the one that starts it): a smaller super-frame (GSO,
+    `gso_size` kept) or, up to one MSS, one plain segment.
     This is how the receiver delivers the intact parts of a super-frame that lost some of
     its bytes on the way (core/wire/salvage.py).  Raises MalformedDatagram for a record
     that is not a TCP super-frame or a range outside its payload."""

@@ -202,22 +202,26 @@ class _Train:
 class PieceJoiner:
     """Joins pieces that did not arrive as one whole train in one read.
 
-    A sender's datagrams travel in order on one UDP flow, so a train is given up when a
-    later datagram from the same sender arrives (`supersede`), or when a ninth train
-    starts (the oldest goes); a plain train that can be salvaged also when its last piece
-    arrives with others still missing (delivered at once; a piece reordered behind the
-    last is then lost, and TCP sends it again).  With `salvage` on, a given
-    up plain train's intact parts are kept (salvage.py) and queued in `salvaged`, for the
-    caller to take in order before the datagram that superseded them."""
+    A train's pieces leave in one `sendmsg` and arrive in order, but two trains of one
+    sender (from two of its threads) may interleave on a multi-queue card.  So a train is
+    given up when a piece of a train at least two numbers later arrives from the same
+    sender (`supersede`), or when a ninth train starts (the oldest goes).  A train that
+    can be salvaged — plain, its first piece here — is also given up when its last piece
+    arrives with others missing: they were lost (or reordered behind it: then they are
+    dropped as late, and TCP sends them again).  With `salvage` on, the intact parts of a
+    given-up plain train are kept (salvage.py) and queued in `salvaged`, for the caller
+    to take before the piece that superseded them."""
 
     def __init__(self, salvage: bool = True) -> None:
         self._trains: dict[tuple[int, int], _Train] = {}
         self.trains = self._trains  # read-only for callers: truthy while any train is open
+        self._ended: dict[int, int] = {}  # receiver -> the train last given up at its end
         self.salvage = salvage
         self.salvaged: list[bytearray] = []
         self.joined = 0
         self.given_up = 0  # trains dropped unfinished (a piece lost, or crowded out)
         self.salvaged_trains = 0  # of those, trains whose intact parts were delivered
+        self.late = 0  # pieces of a train given up at its last piece (reordered)
         self.malformed = 0
 
     def add(self, piece: memoryview) -> bytearray | None:
@@ -241,6 +245,9 @@ class PieceJoiner:
         key = (receiver, train)
         entry = self._trains.get(key)
         if entry is None:
+            if self._ended.get(receiver) == train:
+                self.late += 1
+                return None
             self.supersede(receiver, train)
             if len(self._trains) >= OPEN_TRAINS:
                 oldest = next(iter(self._trains))
@@ -259,31 +266,29 @@ class PieceJoiner:
         if entry.missing:
             if index == count - 1 and self._salvageable(entry):
                 del self._trains[key]  # the last piece, and some before it lost: ends here
+                self._ended[receiver] = train
                 self._give_up(entry)
             return None
         del self._trains[key]
         self.joined += 1
         return entry.data
 
-    def supersede(self, receiver: int, train: int | None = None) -> bool:
-        """A datagram from `receiver`'s sender arrived: give up its older open trains.
-
-        `train` is the number of the train the datagram belongs to (None: not a piece);
-        trains of that number or later (modulo 2**32) stay.  Returns True if any train
-        was given up (its salvage, if any, is now in `salvaged`)."""
+    def supersede(self, receiver: int, train: int) -> bool:
+        """A piece of train `train` arrived from `receiver`'s sender: give up its trains at
+        least two numbers older (modulo 2**32; one older may still be interleaved with
+        it).  Returns True if any was given up (its salvage, if any, is in `salvaged`)."""
         stale = [
             key
             for key in self._trains
-            if key[0] == receiver
-            and (train is None or 0 < (train - key[1]) & TRAIN_MASK < TRAIN_HALF)
+            if key[0] == receiver and 1 < (train - key[1]) & TRAIN_MASK < TRAIN_HALF
         ]
         for key in stale:
             self._give_up(self._trains.pop(key))
         return bool(stale)
 
     def _salvageable(self, entry: _Train) -> bool:
-        """Worth ending at its last piece: a plain train whose first piece is here (a sealed
-        one waits for late pieces, reordered on the way, until it is superseded)."""
+        """Worth ending at its last piece: a plain train whose first piece is here (any
+        other waits for pieces reordered on the way until it is superseded)."""
         return self.salvage and entry.have & 1 == 1 and entry.data[0] == DATAGRAM_PLAIN
 
     def _give_up(self, entry: _Train) -> None:
