@@ -97,10 +97,11 @@ class Link:
         self.last_heard = 0.0
         self.confirmed = False  # the control thread has seen a datagram from the peer
         self.rtt: float | None = None
-        # The largest super-frame travels as a train of pieces (salvageable, see
-        # peer_reported_loss); False when the path MTU is too small for that or the
-        # kernel refused a train (`refuse_trains`): then it goes as IP fragments.
-        self.pieces = pieces_fit(LARGEST_PLAIN_DATAGRAM, max_datagram)
+        # The kernel takes UDP_SEGMENT sends towards the peer (trains of pieces, segment
+        # batches); cleared when it refused one (`refuse_udp_segment`).
+        self.udp_segment = True
+        # The largest super-frame fits a train of pieces on this path MTU.
+        self.trains_fit = pieces_fit(LARGEST_PLAIN_DATAGRAM, max_datagram)
         self.lossy = False  # the peer reports loss on what we send (with hysteresis)
         self.segment = False  # cut super-frames to path-MTU datagrams (lossy, see above)
         self.peer_loss_ppm = LOSS_UNKNOWN
@@ -166,13 +167,19 @@ class Link:
             self.lossy = True
         elif ppm <= LOSS_LEAVE_PPM:
             self.lossy = False
-        self.segment = self.lossy and not (self.trains_salvaged and self.pieces)
+        self._choose_segment_mode()
 
-    def refuse_trains(self) -> None:
-        """The kernel cannot send trains on this path: large datagrams go as IP fragments,
-        which nobody salvages, so a lossy link segments from now on."""
-        self.pieces = False
-        self.segment = self.lossy
+    def _choose_segment_mode(self) -> None:
+        """Segment when lossy, unless super-frames travel as trains that the receiver
+        salvages (a lost piece costs about what a lost segment does)."""
+        trains = self.udp_segment and self.trains_fit
+        self.segment = self.lossy and not (self.trains_salvaged and trains)
+
+    def refuse_udp_segment(self) -> None:
+        """The kernel refused a UDP_SEGMENT send on this path: no trains (large datagrams
+        go as IP fragments, which nobody salvages) and no segment batches from now on."""
+        self.udp_segment = False
+        self._choose_segment_mode()
 
     def heard(self, now: float) -> None:
         self.last_heard = now

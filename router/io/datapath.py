@@ -330,18 +330,27 @@ class DataPlane:
     def add_link(self, link: Link) -> None:
         link.send_lock = threading.Lock()  # before any thread of ours can see the link
         if not self.udp_gso:
-            link.refuse_trains()
+            link.refuse_udp_segment()
         self.links_by_peer[link.peer] = link
         self.links_by_index[link.local_index] = link
         self.routes_changed()
 
-    def _without_udp_gso(self) -> None:
-        """The kernel refused UDP_SEGMENT: no batches and no trains from now on, so large
-        datagrams travel as IP fragments, which nobody salvages: every link segments when
-        lossy (Link.refuse_trains)."""
-        self.udp_gso = False
+    def _udp_segment_refused(self, exc: OSError, endpoint: tuple[str, int]) -> None:
+        """The kernel refused a UDP_SEGMENT send to `endpoint`.  ENOPROTOOPT/EOPNOTSUPP:
+        this kernel has none, for any link now or later; EINVAL/EIO: this path cannot (a
+        route with a smaller MTU, IPsec), the links to that endpoint stop using it."""
+        everywhere = exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+        if everywhere:
+            self.udp_gso = False
         for link in list(self.links_by_index.values()):
-            link.refuse_trains()
+            if everywhere or link.endpoint == endpoint:
+                link.refuse_udp_segment()
+        log.warning(
+            "UDP_SEGMENT refused towards %s (%s): large datagrams go as IP fragments, "
+            "segment mode sends one by one",
+            "every peer" if everywhere else endpoint[0],
+            exc,
+        )
 
     def remove_link(self, link: Link) -> None:
         if self.links_by_peer.get(link.peer) is link:
@@ -398,7 +407,7 @@ class DataPlane:
         The caller holds the link's send lock (the train number is per link)."""
         total = len(datagram)
         largest = link.max_datagram
-        if total <= largest or not (link.pieces and self.udp_gso and pieces_fit(total, largest)):
+        if total <= largest or not (link.udp_segment and pieces_fit(total, largest)):
             self._sendto(datagram, link.endpoint, counters)
             return
         size = largest - PIECE_HEADER_SIZE
@@ -414,15 +423,7 @@ class DataPlane:
             counters.trains_sent += 1
         except OSError as exc:
             if exc.errno in GSO_UNSUPPORTED:
-                # EINVAL/EIO: this path (a smaller route MTU, IPsec) cannot; the others may.
-                if exc.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                    self._without_udp_gso()
-                link.refuse_trains()
-                log.warning(
-                    "UDP_SEGMENT refused towards %s (%s): large datagrams go as IP fragments",
-                    link.endpoint[0],
-                    exc,
-                )
+                self._udp_segment_refused(exc, link.endpoint)
                 self._sendto(datagram, link.endpoint, counters)
             else:
                 counters.udp_send_errors += 1
@@ -448,7 +449,7 @@ class DataPlane:
         cut straight into that batch (`_send_cut`)."""
         limit = max(link.max_body, FRAMES_PREFIX_SIZE) + HEADER_SIZE
         largest = MAX_UDP_PAYLOAD - link.overhead + HEADER_SIZE
-        gso = link.segment and self.udp_gso
+        gso = link.segment and link.udp_segment
         push_frames_prefix_into(buf, HEADER_SIZE, source, destination)
         prefix = bytes(buf[HEADER_SIZE:RECORD_AT]) if gso else b""
         end = RECORD_AT
@@ -506,8 +507,7 @@ class DataPlane:
             counters.udp_datagrams_out += batch.count
         except OSError as exc:
             if batch.count > 1 and exc.errno in GSO_UNSUPPORTED:
-                self._without_udp_gso()  # this kernel or path cannot: one sendto each
-                log.warning("UDP_SEGMENT refused (%s): segment mode sends one by one", exc)
+                self._udp_segment_refused(exc, batch.endpoint)  # one sendto each
                 for offset in range(0, batch.used, batch.size):
                     self._sendto(data[offset : offset + batch.size], batch.endpoint, counters)
             else:

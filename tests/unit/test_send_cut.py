@@ -154,9 +154,10 @@ def test_without_udp_segment_the_same_datagrams_leave_one_by_one(
     plane: tuple[DataPlane, RecordingSocket],
 ) -> None:
     dp, sock = plane
-    dp.udp_gso = False  # the kernel refused UDP_SEGMENT
     frame = _super_frame(bytes(range(256)) * 40, 1349, False)
-    _send(dp, PlainLink(THEM, ENDPOINT, 5, 9, 1472), [frame])
+    link = PlainLink(THEM, ENDPOINT, 5, 9, 1472)
+    link.refuse_udp_segment()  # the kernel refused UDP_SEGMENT towards this peer
+    _send(dp, link, [frame])
     assert [d[data.HEADER_SIZE :] for d in sock.datagrams] == _expected_bodies([frame])
     assert sock.calls == len(sock.datagrams)
 

@@ -84,7 +84,8 @@ def test_reports_switch_the_lossy_state_with_hysteresis() -> None:
 def test_segment_mode_only_where_a_lost_piece_loses_the_whole_datagram() -> None:
     """A plain link's trains are salvaged (core/wire/salvage.py): it keeps super-frames
     under loss.  A sealed link (its tag covers the whole datagram), or any link whose
-    large datagrams go as IP fragments (the kernel refused UDP_SEGMENT), segments."""
+    large datagrams go as IP fragments (the kernel refused UDP_SEGMENT, or the path MTU
+    is too small for a train), segments."""
     plain = _link()
     sealed_like = Link(1, ("192.0.2.1", 6783), 7, 9, 1472)  # trains_salvaged is False
     assert not Link.trains_salvaged and PlainLink.trains_salvaged
@@ -92,8 +93,10 @@ def test_segment_mode_only_where_a_lost_piece_loses_the_whole_datagram() -> None
         link.peer_reported_loss(LOSS_ENTER_PPM)
         assert link.lossy
     assert not plain.segment and sealed_like.segment
-    plain.pieces = False
-    plain.peer_reported_loss(LOSS_ENTER_PPM)
+    plain.refuse_udp_segment()  # no trains: its super-frames go as IP fragments
     assert plain.segment
+    small = PlainLink(1, ("192.0.2.1", 6783), 7, 9, 1000)  # a path MTU too small for trains
+    small.peer_reported_loss(LOSS_ENTER_PPM)
+    assert not small.trains_fit and small.segment
     plain.peer_reported_loss(0)
     assert not plain.segment and not plain.lossy
