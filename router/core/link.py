@@ -21,8 +21,11 @@ counters into an estimate of the *underlay packet* loss rate (a datagram of k
 packets on the wire — pieces, or IP fragments — is lost when any of them is:
 P = 1 - (1 - p)^k, solved for p), which travels
 to the peer in the heartbeat.  The peer's report about what *we* sent lands in
-`peer_reported_loss`, which sets `segment`: while true, the data plane cuts super-frames
-into path-MTU-sized datagrams (entered above LOSS_ENTER_PPM, left below LOSS_LEAVE_PPM).
+`peer_reported_loss`, which sets `lossy` (above LOSS_ENTER_PPM, until below
+LOSS_LEAVE_PPM) and from it `segment`: while true, the data plane cuts super-frames into
+path-MTU-sized datagrams.  A lossy plain link whose super-frames travel as trains of
+pieces (UDP_SEGMENT taken, the path MTU large enough) does not segment: its receiver
+salvages what arrived of a train (core/wire/salvage.py).
 
 Threads: the data plane seals from its TAP thread (frames), its UDP thread (relays,
 heartbeat answers) and the control thread (heartbeats, rekey switches).  A sealed link's

@@ -35,8 +35,9 @@ destination, so a flow's frames keep their order.  A datagram larger than the pa
 (core/wire/pieces.py), never copied: the iovec alternates piece headers and views of the
 sealed datagram.  A TCP
 super-frame is cut into MSS-sized frames in software (core/wire/gso.py) instead when the
-link is in *segment* mode (the peer reports underlay loss, so a 64 KB train would be lost
-whole) or when it would not fit one datagram; those segments leave in UDP_SEGMENT batches
+link is in *segment* mode (the peer reports underlay loss and a lost piece would lose
+the whole 64 KB train: sealed links; plain trains are salvaged) or when it would not fit
+one datagram; those segments leave in UDP_SEGMENT batches
 (one `sendmsg` per 64 KB of datagrams).  In segment mode a TCP super-frame is cut
 straight into that batch (`_send_cut`, from `_send_records`, which every sender uses):
 each segment is laid out as the datagram it becomes, and a plain link writes its header
@@ -46,7 +47,9 @@ Mesh -> TAP (UDP thread).  Datagrams are received into a preallocated buffer.  T
 has UDP_GRO on, so one read may hold several datagrams of one sender, merged by the host's
 GRO: a whole train of pieces (copied together into one buffer), or ordinary datagrams,
 split by the length in their headers; pieces of a train that is not whole in the read are
-joined one by one (`PieceJoiner`).  Each datagram is opened by the link its receiver index
+joined one by one (`PieceJoiner`); a plain train that lost pieces yields a datagram of its
+intact parts (core/wire/salvage.py), taken before the piece that ended the train.  Each
+datagram is opened by the link its receiver index
 names, accounted for the loss estimate, and their frame records are written to the TAP
 *with* their virtio_net_hdr, so the local kernel finishes partial checksums and segments
 super-frames for the containers (a UDP GSO record the kernel refuses, before Linux 6.2, is
