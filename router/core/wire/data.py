@@ -53,6 +53,13 @@ FRAME_LEN = struct.Struct("!H")
 FRAME_RECORD_OVERHEAD = FRAME_LEN.size + VNET_HDR_SIZE  # 12
 AEAD_TAG_SIZE = 16
 ETHERNET_HEADER_SIZE = 14
+# What the wire modules (gso, gro, uso) read inside the frames they cut and merge.
+ETH_P_IPV4 = 0x0800
+ETH_P_IPV6 = 0x86DD
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+TCP_CHECKSUM_OFFSET = 16  # where the checksum sits in a TCP header ...
+UDP_CHECKSUM_OFFSET = 6  # ... and in a UDP header (vnet hdr csum_offset)
 BROADCAST_PEER = 0
 
 MAX_UDP_PAYLOAD = 65507

@@ -31,6 +31,9 @@ import struct
 
 from pyweave.router.core.wire.checksum import fold, ipv4_pseudo_sum, set_ipv4_checksum
 from pyweave.router.core.wire.data import (
+    ETH_P_IPV4,
+    IPPROTO_TCP,
+    TCP_CHECKSUM_OFFSET,
     VNET_F_NEEDS_CSUM,
     VNET_GSO_NONE,
     VNET_GSO_TCPV4,
@@ -43,17 +46,14 @@ IP_AT = VNET_HDR_SIZE + 14  # untagged Ethernet
 TCP_AT = IP_AT + 20  # IPv4 without options
 PAYLOAD_MIN_AT = TCP_AT + 20
 CSUM_START = TCP_AT - VNET_HDR_SIZE  # offsets in the vnet header count from the frame
-TCP_CSUM_OFFSET = 16
 ACK, PSH = 0x10, 0x08
 NOT_MERGEABLE = 0x01 | 0x02 | 0x04 | 0x20 | 0x40 | 0x80  # FIN SYN RST URG ECE CWR
 CANDIDATE_VNET = bytes((VNET_F_NEEDS_CSUM, VNET_GSO_NONE))
-CSUM_FIELDS = struct.pack("<HH", CSUM_START, TCP_CSUM_OFFSET)
-ETH_P_IPV4 = 0x0800
+CSUM_FIELDS = struct.pack("<HH", CSUM_START, TCP_CHECKSUM_OFFSET)
 # From the vnet hdr to the TCP window, the fields a candidate is checked and keyed by (the
 # vnet hdr's own fields as raw bytes, so its byte order does not matter).
 _HEADERS = struct.Struct("!2s4x4s12sHBBH2xHBB2x12sI4sBBH")
 _U16 = struct.Struct("!H")
-IPPROTO_TCP = 6
 
 
 class TcpCoalescer:
@@ -156,7 +156,7 @@ class TcpCoalescer:
         _U16.pack_into(pending, IP_AT + 2, total)
         set_ipv4_checksum(pending, IP_AT)
         pseudo = ipv4_pseudo_sum(pending, IP_AT, IPPROTO_TCP) + total - 20
-        _U16.pack_into(pending, TCP_AT + TCP_CSUM_OFFSET, fold(pseudo))
+        _U16.pack_into(pending, TCP_AT + TCP_CHECKSUM_OFFSET, fold(pseudo))
         headers = TCP_AT + (pending[TCP_AT + 12] >> 4) * 4 - VNET_HDR_SIZE
         VNET_HDR.pack_into(
             pending,
@@ -166,6 +166,6 @@ class TcpCoalescer:
             headers,
             self._mss,
             CSUM_START,
-            TCP_CSUM_OFFSET,
+            TCP_CHECKSUM_OFFSET,
         )
         return pending

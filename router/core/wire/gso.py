@@ -37,6 +37,10 @@ from itertools import chain
 
 from pyweave.router.core.wire.checksum import fold, ipv4_pseudo_sum, set_ipv4_checksum, sum_words
 from pyweave.router.core.wire.data import (
+    ETH_P_IPV4,
+    ETH_P_IPV6,
+    IPPROTO_TCP,
+    TCP_CHECKSUM_OFFSET,
     VNET_F_NEEDS_CSUM,
     VNET_GSO_ECN,
     VNET_GSO_NONE,
@@ -49,13 +53,9 @@ from pyweave.router.core.wire.data import (
 )
 from pyweave.router.core.wire.uso import cut_udp_record
 
-ETH_P_IPV4 = 0x0800
-ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
-TCP_CHECKSUM_OFFSET = 16
 TCP_FIN_PSH = 0x01 | 0x08
 TCP_CWR = 0x80
-IPPROTO_TCP = 6
 TCP_GSO_TYPES = (VNET_GSO_TCPV4, VNET_GSO_TCPV6)
 ETHERNET_AND_TAG = 18  # enough of the frame to read a VLAN-tagged ethertype
 _U16 = struct.Struct("!H")

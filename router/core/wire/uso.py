@@ -45,6 +45,8 @@ import struct
 
 from pyweave.router.core.wire.checksum import fold, ipv4_pseudo_sum, set_ipv4_checksum
 from pyweave.router.core.wire.data import (
+    IPPROTO_UDP,
+    UDP_CHECKSUM_OFFSET,
     VNET_F_NEEDS_CSUM,
     VNET_GSO_NONE,
     VNET_GSO_UDP_L4,
@@ -60,12 +62,10 @@ IP_AT = VNET_HDR_SIZE + 14  # in a record without the length prefix: untagged Et
 UDP_AT = IP_AT + 20  # IPv4 without options
 PAYLOAD_AT = UDP_AT + 8
 CSUM_START = UDP_AT - VNET_HDR_SIZE  # 34: offsets in the vnet header count from the frame
-UDP_CSUM_OFFSET = 6
-IPPROTO_UDP = 17
 LEN = 2  # the u16 frame length in front of a batch record
 # What a local socket's datagram carries (a candidate), and what a cut datagram gets back.
 PARTIAL_UDP_VNET = VNET_HDR.pack(
-    VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, CSUM_START, UDP_CSUM_OFFSET
+    VNET_F_NEEDS_CSUM, VNET_GSO_NONE, 0, 0, CSUM_START, UDP_CHECKSUM_OFFSET
 )
 IPV4_UDP = b"\x08\x00\x45"  # ethertype, version 4 + IHL 5
 _U16 = struct.Struct("!H")
@@ -146,7 +146,7 @@ def _super_frame(records: list[bytes], start: int, stop: int, payload: int) -> b
         PAYLOAD_AT - VNET_HDR_SIZE,
         payload,
         CSUM_START,
-        UDP_CSUM_OFFSET,
+        UDP_CHECKSUM_OFFSET,
     )
     _U16.pack_into(header, ip_at + 2, 20 + udp_length)
     set_ipv4_checksum(header, ip_at)
