@@ -1,7 +1,7 @@
 """The data plane: TAP <-> UDP, one thread per direction, sleeping in the kernel, drained.
 
 Theory of operation: two threads move the frames.  The UDP thread blocks in `recv_into` of
-the data socket; the TAP thread blocks in `poll` of the TAP port (opened with
+the data socket; the TAP thread blocks in `epoll_wait` on the TAP port (opened with
 IFF_VNET_HDR and TSO/CSUM offloads, so one read can be a 64 KB TCP super-frame).  A thread
 asleep in the kernel is the cheapest wake-up an idle router can have: measured on this
 machine, an idle container-to-container ping through two Python forwarders costs ~0.40 ms
@@ -14,12 +14,22 @@ slower).  The GIL is released in every system call, so one thread's `sendto` or 
 loop (control plane, API) runs in the main thread and is idle while frames flow.
 
 Reading the TAP and sending what was read is one step under `tap_lock`: the TAP thread
-takes it after `poll`, and the UDP thread takes it (if free) right after it wrote to the
+takes it after its wait, and the UDP thread takes it (if free) right after it wrote to the
 TAP.  A TAP write runs the bridge and the container's stack inside the system call, so the
 answer to a frame just written (a ping reply, an ACK) is usually queued on the TAP when
 `write` returns; the UDP thread forwards it at once instead of waiting for the TAP
 thread's wake-up on another CPU — one Python wake-up less per round trip.  With both
 threads reading only under the lock, a flow's frames cannot overtake each other.
+
+Hand-over.  A router receiving a stream would wake its TAP thread for every ACK the
+container sends back, on the other CPU, and the two threads would pass the GIL back and
+forth around each system call.  So the TAP thread waits in an epoll set that the UDP thread
+may change: when the UDP thread wakes less than BUSY_GAP after its previous wake-up, and
+the last answers it read were all small (no frame of DIRECT_MIN bytes: ACKs, not data of
+its own), it takes the TAP out of the set for the length of its drain, forwards the
+answers itself at the end, and puts the TAP back (level-triggered: whatever is still
+queued wakes the TAP thread at once).  Two `epoll_ctl` calls per busy wake-up; none on an
+idle router, nor where the TAP carries data of its own (a sender, two-way traffic).
 
 TAP -> mesh (TAP thread).  Every read lands in one preallocated buffer *behind* 31 bytes
 of headroom: the datagram header (16), the frames prefix (13) and the record length (2)
@@ -134,6 +144,7 @@ SEGMENTS_PER_DATAGRAM = 1  # MSS segments per datagram in segment mode (see docs
 DRAIN_BUDGET = 256  # reads per wake-up before the batches are flushed
 RUN_OVERHEAD = FRAMES_PREFIX_SIZE + FRAME_RECORD_OVERHEAD  # a merged run's body, but the frame
 ANSWER_BUDGET = 64  # TAP reads the UDP thread makes after writing (the TAP thread does the rest)
+BUSY_GAP = 0.002  # s between two wake-ups of the UDP thread under which it is "busy" (hand-over)
 MAC_PAIR = struct.Struct("6s6s")  # destination and source MAC, as bytes (dict keys)
 SOCKET_BUFFER = 16 * 1024 * 1024
 IP_MTU_DISCOVER = 10
@@ -155,6 +166,8 @@ STOP_TIMEOUT = 2.0
 class DataPlaneCounters:
     def __init__(self) -> None:
         self.tap_frames_in = 0
+        self.tap_large_in = 0  # of those, frames of DIRECT_MIN bytes or more (data, not ACKs)
+        self.tap_handovers = 0  # busy wake-ups in which the UDP thread watched the TAP alone
         self.tap_frames_out = 0
         self.tap_drops = 0
         self.udp_datagrams_in = 0
@@ -267,10 +280,13 @@ class DataPlane:
         self.gro = TcpCoalescer()  # UDP thread: merges segments before the TAP
         self.relay_segments = SegmentBatch()  # UDP thread
         # Reading the TAP and sending what was read is one step under this lock, taken by
-        # the TAP thread after poll, and by the UDP thread after it wrote to the TAP (an
+        # the TAP thread after its wait, and by the UDP thread after it wrote to the TAP (an
         # answer to what it wrote is often queued already: see _udp_thread).
         self.tap_lock = threading.Lock()
-        self._stop_read, self._stop_write = os.pipe()  # wakes the TAP thread's poll on stop
+        self._stop_read, self._stop_write = os.pipe()  # wakes the TAP thread's wait on stop
+        # What the TAP thread waits on: the TAP (unless the UDP thread took it over, see
+        # _udp_thread) and the stop pipe.
+        self.tap_watch = select.epoll()
         self.udp_tap_buf = bytearray(HEADROOM + TAP_READ_SIZE)  # UDP thread's TAP reads
         self.udp_gso = True  # cleared if the kernel refuses UDP_SEGMENT
         # The flow cache (whoever holds tap_lock): destination MAC -> (link, frames prefix,
@@ -299,7 +315,9 @@ class DataPlane:
         return total
 
     def start(self) -> None:
-        os.set_blocking(self.tap_fd, False)  # read after poll, under tap_lock
+        os.set_blocking(self.tap_fd, False)  # read after the wait, under tap_lock
+        self.tap_watch.register(self.tap_fd, select.EPOLLIN)
+        self.tap_watch.register(self._stop_read, select.EPOLLIN)  # stop() writes here
         self.sock.setblocking(True)
         self.running = True
         self._threads = [
@@ -317,7 +335,7 @@ class DataPlane:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RD)
         with contextlib.suppress(OSError):
-            os.write(self._stop_write, b"x")  # wakes the TAP thread's poll
+            os.write(self._stop_write, b"x")  # wakes the TAP thread's wait
         for thread in self._threads:
             thread.join(STOP_TIMEOUT)
             if thread.is_alive():
@@ -329,6 +347,7 @@ class DataPlane:
         for fd in (self._stop_read, self._stop_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self.tap_watch.close()
 
     def add_link(self, link: Link) -> None:
         link.send_lock = threading.Lock()  # before any thread of ours can see the link
@@ -621,10 +640,7 @@ class DataPlane:
         drain = self._tap_drainer(
             self.tap_buf, self.batch_buf, self.tap_segments, self.tap_counters, DRAIN_BUDGET
         )
-        readable = select.poll()
-        readable.register(self.tap_fd, select.POLLIN)
-        readable.register(self._stop_read, select.POLLIN)  # stop() writes here
-        wait = readable.poll
+        wait = self.tap_watch.poll
         lock = self.tap_lock
         counters = self.tap_counters
         while True:
@@ -684,7 +700,7 @@ class DataPlane:
 
         def drain() -> int:
             nonlocal seen_macs, seen_generation, now
-            i = 0
+            i = large = 0
             try:
                 # The MAC lookup before the first send uses the previous wake-up's clock
                 # (entries live for minutes): one call less before the frame leaves.
@@ -748,6 +764,7 @@ class DataPlane:
                     link, prefix, destination = flow
                     pack_len_into(buf, RECORD_AT, n - VNET_HDR_SIZE)
                     if n >= DIRECT_MIN or not i:
+                        large += n >= DIRECT_MIN
                         if batches:
                             pending = batches.pop((link.peer, destination), None)
                             if pending:
@@ -779,6 +796,7 @@ class DataPlane:
                 if not i:
                     return 0
                 counters.tap_frames_in += i
+                counters.tap_large_in += large
                 now = monotonic()
                 if first_src:
                     learn_local(first_src, now)
@@ -848,12 +866,20 @@ class DataPlane:
             self.udp_tap_buf, self.relay_buf, self.relay_segments, counters, ANSWER_BUDGET
         )
 
+        watch_tap = self.tap_watch.modify
+        answers_small = False  # the last answers that read frames read only small ones
+        last_wake = 0.0
+
         def answer() -> None:
             """Forward what our TAP writes made the kernel queue on the TAP, unless the TAP
             thread is at it (the lock keeps reads and sends of TAP frames in order)."""
+            nonlocal answers_small
             if tap_lock.acquire(blocking=False):
                 try:
+                    frames, large = counters.tap_frames_in, counters.tap_large_in
                     answers()
+                    if counters.tap_frames_in != frames:
+                        answers_small = counters.tap_large_in == large
                 finally:
                     tap_lock.release()
 
@@ -870,8 +896,18 @@ class DataPlane:
                 return
             written = counters.tap_frames_out
             early = True  # the first datagram's answer is forwarded before the bookkeeping
+            handover = False
             try:
                 now = monotonic()
+                # Hand-over: a busy receiver whose answers are small (the ACKs of a stream
+                # it receives) takes the TAP from the TAP thread until this drain ends, and
+                # forwards them itself at the end: the TAP thread would wake for each, on
+                # the other CPU, and the two would hand the GIL back and forth.
+                if answers_small and now - last_wake < BUSY_GAP:
+                    watch_tap(tap_fd, 0)
+                    handover = True
+                    counters.tap_handovers += 1
+                last_wake = now
                 for i in range(DRAIN_BUDGET):
                     if i:
                         try:
@@ -1008,6 +1044,9 @@ class DataPlane:
             # datagram of a wake-up that is done at once (above), else here.
             if counters.tap_frames_out != written:
                 answer()
+            if handover:  # what is still queued wakes the TAP thread at once
+                with contextlib.suppress(OSError):  # (the router is stopping)
+                    watch_tap(tap_fd, select.EPOLLIN)
 
     def _flush_gro(self) -> None:
         """UDP thread: write the coalesced segments, before any other frame goes out."""

@@ -21,6 +21,7 @@ import asyncio
 import random
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 
@@ -249,3 +250,58 @@ def test_a_train_that_lost_a_piece_delivers_its_intact_parts(plane: Plane) -> No
     # Pieces count once joined; the salvaged train stays out of the loss estimate.
     assert counters.udp_datagrams_in == 1
     assert all(t.is_alive() for t in plane.dp._threads)
+
+
+def answer_frame(seq: int) -> bytes:
+    """What a container answers to marked_frame(seq): a small frame back to its sender."""
+    eth = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5"
+    return bytes(data.VNET_HDR_SIZE) + eth + MAGIC + struct.pack("!I", seq) + bytes(10)
+
+
+def answered_seqs(datagram: bytes) -> list[int]:
+    """The seqs of the answers in a frames datagram the data plane sent to THEM."""
+    at, seqs = data.HEADER_SIZE + data.FRAMES_PREFIX_SIZE, []
+    while at + data.FRAME_RECORD_OVERHEAD <= len(datagram):
+        (length,) = struct.unpack_from("!H", datagram, at)
+        seq = seq_of(datagram[at + 2 : at + data.FRAME_RECORD_OVERHEAD + length])
+        if seq is not None:
+            seqs.append(seq)
+        at += data.FRAME_RECORD_OVERHEAD + length
+    return seqs
+
+
+def test_every_answer_to_a_busy_stream_leaves_hand_over_or_not(plane: Plane) -> None:
+    """A container answers every frame the data plane writes (as TCP answers a stream with
+    ACKs); the answers must all leave for the sender, whether the TAP thread forwards them
+    or the busy UDP thread took the TAP over (`tap_handovers`)."""
+    total = 3000
+    stop = threading.Event()
+
+    def container() -> None:  # answers each frame written to the TAP, at once
+        plane.tap_far.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                frame = plane.tap_far.recv(70000)
+            except TimeoutError:
+                continue
+            seq = seq_of(frame)
+            if seq is not None:
+                plane.tap_far.send(answer_frame(seq))
+
+    responder = threading.Thread(target=container, daemon=True)
+    responder.start()
+    plane.sender.settimeout(DEADLINE)
+    answered: set[int] = set()
+    try:
+        for seq in range(total):
+            plane.send(plane.datagram([marked_frame(seq)]))
+            if seq % 100 == 99:  # a burst at a time: the UDP thread stays busy
+                while len(answered) < seq + 1:
+                    answered.update(answered_seqs(plane.sender.recv(70000)))
+    finally:
+        stop.set()
+        responder.join()
+    assert answered == set(range(total))
+    counters = plane.dp.counters
+    assert counters.internal_errors == 0
+    assert counters.tap_handovers > 0, "the hand-over never ran"
