@@ -26,10 +26,11 @@ container sends back, on the other CPU, and the two threads would pass the GIL b
 forth around each system call.  So the TAP thread waits in an epoll set that the UDP thread
 may change: when the UDP thread wakes less than BUSY_GAP after its previous wake-up, and
 the last answers it read were all small (no frame of DIRECT_MIN bytes: ACKs, not data of
-its own), it takes the TAP out of the set for the length of its drain, forwards the
-answers itself at the end, and puts the TAP back (level-triggered: whatever is still
-queued wakes the TAP thread at once).  Two `epoll_ctl` calls per busy wake-up; none on an
-idle router, nor where the TAP carries data of its own (a sender, two-way traffic).
+its own) and fewer than ANSWER_BUDGET, it takes the TAP out of the set for the length of
+its drain, forwards the answers itself at the end, and puts the TAP back (level-triggered:
+whatever is still queued wakes the TAP thread at once).  Two `epoll_ctl` calls per busy
+wake-up; none on an idle router, nor where the TAP carries more than answers (a sender,
+two-way traffic, a container sending many small frames of its own).
 
 TAP -> mesh (TAP thread).  Every read lands in one preallocated buffer *behind* 31 bytes
 of headroom: the datagram header (16), the frames prefix (13) and the record length (2)
@@ -876,10 +877,10 @@ class DataPlane:
             nonlocal answers_small
             if tap_lock.acquire(blocking=False):
                 try:
-                    frames, large = counters.tap_frames_in, counters.tap_large_in
-                    answers()
-                    if counters.tap_frames_in != frames:
-                        answers_small = counters.tap_large_in == large
+                    large = counters.tap_large_in
+                    read = answers()
+                    if read > 0:  # (a full budget: the TAP carries more than answers)
+                        answers_small = read < ANSWER_BUDGET and counters.tap_large_in == large
                 finally:
                     tap_lock.release()
 

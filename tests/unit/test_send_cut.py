@@ -17,7 +17,6 @@ import pytest
 from pyweave.router.core.forwarder import Forwarder
 from pyweave.router.core.link import Link, PlainLink
 from pyweave.router.core.mac_table import MacTable
-from pyweave.router.core.routes import Routes
 from pyweave.router.core.wire import data
 from pyweave.router.core.wire.gso import segment_record
 from pyweave.router.io.datapath import (
@@ -29,6 +28,7 @@ from pyweave.router.io.datapath import (
     SegmentBatch,
 )
 from test_fuzz_control_channel import sealed_links
+from test_udp_thread import NoOtherPeers
 from test_wire_gso import _super_frame
 
 US, THEM = 0x0A0000000001, 0x0B0000000002
@@ -73,7 +73,7 @@ class RecordingSocket:
 def plane() -> Iterator[tuple[DataPlane, RecordingSocket]]:
     sock = RecordingSocket()
     loop = asyncio.new_event_loop()
-    forwarder = Forwarder(US, Routes({}, {}, {}), MacTable(expiry=60))
+    forwarder = Forwarder(US, NoOtherPeers(), MacTable(expiry=60))
     dp = DataPlane(loop, -1, sock, forwarder, lambda link, now: True)  # type: ignore[arg-type]
     yield dp, sock
     dp.close()

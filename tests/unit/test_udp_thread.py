@@ -12,7 +12,9 @@ what the loop does with the datagrams, not the kernel's merging.
 What must hold: every valid frame reaches the TAP, in order, whatever malformed, forged or
 truncated datagrams and pieces arrive between them, and the thread keeps running; a plain
 train that lost a piece delivers its intact parts (valid TCP frames holding the original
-bytes at their sequence numbers) and its counter stays out of the loss estimate.
+bytes at their sequence numbers) and its counter stays out of the loss estimate; every
+answer a container gives to a busy stream leaves for the sender, also while the busy UDP
+thread has taken the TAP over from the TAP thread (the hand-over), which must give it back.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pyweave.router.io.datapath import DataPlane
 from test_fuzz_control_channel import sealed_links
 from test_pieces import cut
 from test_wire_gso import _super_frame
-from test_wire_salvage import _check_frame
+from test_wire_salvage import _check_frame, _records
 
 US, THEM = 0x0A0000000001, 0x0B0000000002
 OUR_INDEX, THEIR_INDEX = 5, 9
@@ -260,14 +262,7 @@ def answer_frame(seq: int) -> bytes:
 
 def answered_seqs(datagram: bytes) -> list[int]:
     """The seqs of the answers in a frames datagram the data plane sent to THEM."""
-    at, seqs = data.HEADER_SIZE + data.FRAMES_PREFIX_SIZE, []
-    while at + data.FRAME_RECORD_OVERHEAD <= len(datagram):
-        (length,) = struct.unpack_from("!H", datagram, at)
-        seq = seq_of(datagram[at + 2 : at + data.FRAME_RECORD_OVERHEAD + length])
-        if seq is not None:
-            seqs.append(seq)
-        at += data.FRAME_RECORD_OVERHEAD + length
-    return seqs
+    return [seq for record in _records(datagram) if (seq := seq_of(record)) is not None]
 
 
 def test_every_answer_to_a_busy_stream_leaves_hand_over_or_not(plane: Plane) -> None:
