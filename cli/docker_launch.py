@@ -102,7 +102,8 @@ def engine_shares_our_netns(url: str) -> bool:
             sock.connect(url[len("unix://") :])
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid = struct.unpack("3i", creds)[0]
-        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+        theirs, ours = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/self/ns/net")
+        return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
     except OSError:
         return False
 
