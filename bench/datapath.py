@@ -94,6 +94,15 @@ def make_setups(hosts: int, revs: dict[str, list[str]], baselines: bool) -> list
     return setups
 
 
+def selects(wanted: set[str], name: str) -> bool:
+    """Is setup `name` one that `--only` asked for?  `pyweave-plain` also names the same
+    setup at the `--commit` revision (`pyweave@REV-plain`), so an A/B needs no hash typed."""
+    if name in wanted:
+        return True
+    label, _, mode = name.rpartition("-")
+    return label.startswith("pyweave@") and f"pyweave-{mode}" in wanted
+
+
 def median_of(runs: int, measure_once: Callable[[], float]) -> float:
     return statistics.median(measure_once() for _ in range(runs))
 
@@ -204,7 +213,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--commit", metavar="REV", help="also run pyweave from commit REV")
     p.add_argument("--seconds", type=float, help="seconds per run (default 10, quick 3)")
     p.add_argument("--runs", type=int, help="runs per figure, median (default 3, quick 1)")
-    p.add_argument("--only", help="comma-separated setup names (e.g. tinc-none,pyweave-enc)")
+    p.add_argument(
+        "--only",
+        help="comma-separated setup names (e.g. tinc-none,pyweave-enc; "
+        "with --commit, pyweave-enc also runs pyweave@REV-enc)",
+    )
     p.add_argument("--no-relay", action="store_true", help="skip the 3-host relay runs")
     p.add_argument("--json", metavar="FILE", help="write the raw figures to FILE")
     return p.parse_args(argv)
@@ -216,15 +229,25 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (1 if args.quick else 3)
     wanted = set(args.only.split(",")) if args.only else None
     with contextlib_rev(args.commit) as revs:
+        names = [setup.name for setup in make_setups(2, revs, baselines=True)]
+        unknown = sorted(
+            name for name in wanted or () if not any(selects({name}, n) for n in names)
+        )
+        if unknown:
+            print(
+                f"bench.datapath: no setup named {', '.join(unknown)} (setups: {', '.join(names)})",
+                file=sys.stderr,
+            )
+            return 2
         results: dict[str, Row] = {}
         for setup in make_setups(2, revs, baselines=True):
-            if wanted is None or setup.name in wanted:
+            if wanted is None or selects(wanted, setup.name):
                 results[setup.name] = run_setup(
                     setup, lambda s: measure_two_hosts(s, seconds, runs)
                 )
         if not args.no_relay:
             for setup in make_setups(3, revs, baselines=True):
-                if wanted is None or setup.name in wanted:
+                if wanted is None or selects(wanted, setup.name):
                     row = run_setup(setup, lambda s: measure_relay(s, seconds, runs))
                     results.setdefault(setup.name, {}).update(row)
     print(markdown_tables(results))
