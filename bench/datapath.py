@@ -10,8 +10,9 @@ through a `weave` wrapper whose PYTHONPATH maps that tree's router/ and cli/ as
 Per two-host setup: iperf3 TCP with 1 and 4 streams (median of N runs), 64-byte UDP
 offered as fast as the container can send (delivered packets/s and loss, median of N) and
 the peak delivered over a sweep of offered rates, ping p50/p99 idle and under a TCP load,
-the busiest router's CPU % and peak RSS during the 1-stream runs, and 1-stream TCP under
-1 % random underlay loss.  Then three hosts with h1<->h3 blocked on the underlay: 1-stream TCP from
+the busiest router's CPU % and peak RSS during the 1-stream runs; then all of it again
+(but the sweep) with 1 % random loss on the underlay (iptables `statistic`, `weave lab
+loss`).  Then three hosts with h1<->h3 blocked on the underlay: 1-stream TCP from
 h1's container to h3's, relayed by h2.  The report is a table of absolute figures, one of
 ratios of each pyweave row to each baseline, and the command that reproduces it; `--json`
 keeps the raw figures.  Labs use the prefix `h8b-`; every lab is torn down after its
@@ -108,6 +109,19 @@ def median_of(runs: int, measure_once: Callable[[], float]) -> float:
 
 
 def measure_two_hosts(setup: Setup, seconds: float, runs: int) -> Row:
+    """Every two-host scenario on a clean underlay, then again with 1 % random loss on it
+    (the same keys with a `loss_` prefix; 1-stream TCP under loss keeps its old key `loss1`)."""
+    row = measure_scenarios(setup, seconds, runs, sweep=True)
+    with measure.Loss(setup, 0.01):
+        lossy = measure_scenarios(setup, seconds, runs, sweep=False)
+    row["loss1"] = lossy.pop("tcp1")
+    row.update({f"loss_{key}": value for key, value in lossy.items()})
+    return row
+
+
+def measure_scenarios(setup: Setup, seconds: float, runs: int, sweep: bool) -> Row:
+    """TCP 1 and 4 streams, 64-byte UDP (and, with `sweep`, its peak over offered rates),
+    ping idle and under a 1-stream load, the busiest router's CPU % and peak RSS."""
     row: Row = {}
     with measure.IperfServer(setup), measure.ProcWatch(setup.router_pids()) as watch:
         row["tcp1"] = median_of(runs, lambda: measure.tcp_gbps(setup, seconds, 1))
@@ -115,11 +129,12 @@ def measure_two_hosts(setup: Setup, seconds: float, runs: int) -> Row:
     with measure.IperfServer(setup), measure.ProcWatch(setup.router_pids()) as watch4:
         row["tcp4"] = median_of(runs, lambda: measure.tcp_gbps(setup, seconds, 4))
         udp = [measure.udp_small(setup, seconds) for _ in range(runs)]
-        row["udp_peak"], row["udp_peak_at"] = measure.udp_peak(setup, max(2.0, seconds / 2))
+        if sweep:
+            row["udp_peak"], row["udp_peak_at"] = measure.udp_peak(setup, max(2.0, seconds / 2))
     row["cpu4"], row["rss"] = watch4.usage.cpu_percent, max(row["rss"], watch4.usage.rss_mb)
     row["udp_pps"] = statistics.median(u[0] for u in udp)
     row["udp_loss"] = statistics.median(u[1] for u in udp)
-    if row["udp_pps"] > row["udp_peak"]:  # unlimited offered beat every swept rate
+    if sweep and row["udp_pps"] > row["udp_peak"]:  # unlimited offered beat every swept rate
         row["udp_peak"], row["udp_peak_at"] = row["udp_pps"], 0.0
     row["ping_p50"], row["ping_p99"] = measure.ping_rtts(setup, max(2.0, seconds / 2))
     with measure.IperfServer(setup):
@@ -127,8 +142,6 @@ def measure_two_hosts(setup: Setup, seconds: float, runs: int) -> Row:
         load.start()
         row["load_p50"], row["load_p99"] = measure.ping_rtts(setup, seconds)
         load.join()
-    with measure.IperfServer(setup), measure.Loss(setup, 0.01):
-        row["loss1"] = median_of(runs, lambda: measure.tcp_gbps(setup, seconds, 1))
     return row
 
 
@@ -167,10 +180,23 @@ COLUMNS = [
     ("cpu", "router CPU % (1 st)", "{:.0f}"),
     ("cpu4", "router CPU % (4 st)", "{:.0f}"),
     ("rss", "router RSS MB", "{:.0f}"),
-    ("loss1", "TCP 1 % loss Gbit/s", "{:.3f}"),
     ("relay_tcp1", "relayed TCP Gbit/s", "{:.2f}"),
 ]
-RATIO_KEYS = ["tcp1", "tcp4", "udp_pps", "udp_peak", "loss1", "relay_tcp1"]
+LOSS_COLUMNS = [  # the same scenarios with 1 % random loss on the underlay
+    ("loss1", "TCP 1 st Gbit/s", "{:.3f}"),
+    ("loss_tcp4", "TCP 4 st Gbit/s", "{:.3f}"),
+    ("loss_udp_pps", "UDP 64B kpps", "{:.0f}"),
+    ("loss_udp_loss", "UDP loss %", "{:.1f}"),
+    ("loss_ping_p50", "ping p50 ms", "{:.3f}"),
+    ("loss_ping_p99", "ping p99 ms", "{:.3f}"),
+    ("loss_load_p50", "loaded p50 ms", "{:.2f}"),
+    ("loss_load_p99", "loaded p99 ms", "{:.2f}"),
+    ("loss_cpu", "router CPU % (1 st)", "{:.0f}"),
+    ("loss_cpu4", "router CPU % (4 st)", "{:.0f}"),
+    ("loss_rss", "router RSS MB", "{:.0f}"),
+]
+RATIO_KEYS = ["tcp1", "tcp4", "udp_pps", "udp_peak", "loss1", "loss_tcp4", "loss_udp_pps"]
+RATIO_KEYS += ["relay_tcp1"]
 BASELINES = ["underlay", "vxlan", "tinc-default", "tinc-none"]
 
 
@@ -178,18 +204,23 @@ def _cell(row: Row, key: str, fmt: str) -> str:
     value = row.get(key)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if key in ("cpu", "cpu4", "rss", "relay_cpu") and value == 0:
+    if (
+        key in ("cpu", "cpu4", "rss", "relay_cpu", "loss_cpu", "loss_cpu4", "loss_rss")
+        and value == 0
+    ):
         return "-"
-    return fmt.format(value / 1000 if key in ("udp_pps", "udp_peak") else value)
+    return fmt.format(value / 1000 if key in ("udp_pps", "udp_peak", "loss_udp_pps") else value)
 
 
 def markdown_tables(results: dict[str, Row]) -> str:
-    lines = ["| setup | " + " | ".join(title for _, title, _ in COLUMNS) + " |"]
-    lines.append("|---" * (len(COLUMNS) + 1) + "|")
-    for name, row in results.items():
-        cells = [_cell(row, key, fmt) for key, _, fmt in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Ratios (pyweave / baseline; TCP, UDP packets/s, TCP under loss, relayed):", ""]
+    lines = figures_table(results, COLUMNS)
+    lines += ["", "With 1 % random loss on the underlay:", ""]
+    lines += figures_table(results, LOSS_COLUMNS)
+    lines += [
+        "",
+        "Ratios (pyweave / baseline; TCP, UDP packets/s, the same under loss, relayed):",
+        "",
+    ]
     lines.append("| pyweave | baseline | " + " | ".join(RATIO_KEYS) + " |")
     lines.append("|---" * (len(RATIO_KEYS) + 2) + "|")
     for name, row in results.items():
@@ -205,6 +236,15 @@ def markdown_tables(results: dict[str, Row]) -> str:
                     cells.append("-")
             lines.append(f"| {name} | {base} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def figures_table(results: dict[str, Row], columns: list[tuple[str, str, str]]) -> list[str]:
+    lines = ["| setup | " + " | ".join(title for _, title, _ in columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
+    for name, row in results.items():
+        cells = [_cell(row, key, fmt) for key, _, fmt in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
