@@ -821,7 +821,9 @@ class DataPlane:
         for (hop, destination), records in batches.items():
             link = links.get(hop)
             if link is not None:
-                if len(records) > 1 and not link.segment:  # runs of small UDP datagrams
+                # Runs of small UDP datagrams, in segment mode too: a run fits one datagram,
+                # so losing it costs what losing a datagram of coalesced frames costs.
+                if len(records) > 1:
                     merged = merge_udp_runs(records, link.max_body - RUN_OVERHEAD)
                     counters.udp_frames_merged += len(records) - len(merged)
                     records = merged

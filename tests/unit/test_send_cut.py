@@ -19,6 +19,7 @@ from pyweave.router.core.link import Link, PlainLink
 from pyweave.router.core.mac_table import MacTable
 from pyweave.router.core.wire import data
 from pyweave.router.core.wire.gso import segment_record
+from pyweave.router.core.wire.uso import cut_udp_record
 from pyweave.router.io.datapath import (
     GSO_MAX_SEGMENTS,
     SOL_UDP,
@@ -30,6 +31,7 @@ from pyweave.router.io.datapath import (
 from test_fuzz_control_channel import sealed_links
 from test_udp_thread import NoOtherPeers
 from test_wire_gso import _super_frame
+from test_wire_uso import _run
 
 US, THEM = 0x0A0000000001, 0x0B0000000002
 ENDPOINT = ("192.0.2.2", 6783)
@@ -187,3 +189,33 @@ def test_malformed_super_frame_is_counted_and_dropped(
     counters = _send(dp, PlainLink(THEM, ENDPOINT, 5, 9, 1472), [bytes(frame), ARP])
     assert counters.drops_malformed == 1
     assert [d[data.HEADER_SIZE :] for d in sock.datagrams] == [PREFIX + _record(ARP)]
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+def test_segment_mode_still_merges_runs_of_small_udp_datagrams(
+    plane: tuple[DataPlane, RecordingSocket], sealed: bool
+) -> None:
+    """A run fits one datagram, so segment mode (loss) has no reason to send 64-byte
+    datagrams one record each: the run leaves merged, and cuts back into the frames read."""
+    dp, sock = plane
+    receiver = None
+    if sealed:
+        link, receiver = sealed_links()
+    else:
+        link = PlainLink(THEM, ENDPOINT, 5, 9, 1472)
+    link.endpoint = ENDPOINT
+    dp.add_link(link)
+    link.segment = True
+    run = _run(40)  # 40 x 64 bytes: two runs, each as much as fits one datagram
+    counters = DataPlaneCounters()
+    dp._flush({(link.peer, THEM): list(run)}, (dp.batch_buf, counters, SegmentBatch()))
+    if receiver is not None:
+        bodies = [bytes(b) for b in map(receiver.open, sock.datagrams) if b is not None]
+    else:
+        bodies = [d[data.HEADER_SIZE :] for d in sock.datagrams]
+    assert len(bodies) == 2 and counters.udp_frames_merged == 38
+    frames = []
+    for body in bodies:
+        assert body.startswith(PREFIX)
+        frames += [bytes(f) for f in cut_udp_record(body[len(PREFIX) + 2 :])]  # (record length)
+    assert frames == [r[2:] for r in run]

@@ -33,8 +33,9 @@ datagram; never more than GRO_MAX_BYTES, the gso_max_size of the TAP and the con
 veths).
 
 `cut_udp_record` is the software fallback: the receiving kernel refused the write
-(EINVAL: Linux < 6.2 knows no GSO_UDP_L4), or a relay's next link is in segment mode and
-wants one frame per datagram (a sender in segment mode does not merge).  Records here
+(EINVAL: Linux < 6.2 knows no GSO_UDP_L4), or a relay's next link has a smaller path MTU
+than the run was made for.  (A sender merges in segment mode too: a run fits one
+datagram, so it is no more exposed to loss than a datagram of coalesced frames.)  Records here
 are `virtio_net_hdr + frame`; the merge works on the TAP thread's batch records, which
 carry the u16 frame length in front (core/wire/data.py).
 """
