@@ -204,12 +204,9 @@ def _cell(row: Row, key: str, fmt: str) -> str:
     value = row.get(key)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if (
-        key in ("cpu", "cpu4", "rss", "relay_cpu", "loss_cpu", "loss_cpu4", "loss_rss")
-        and value == 0
-    ):
+    if key.endswith(("cpu", "cpu4", "rss")) and value == 0:  # (not measured: no router)
         return "-"
-    return fmt.format(value / 1000 if key in ("udp_pps", "udp_peak", "loss_udp_pps") else value)
+    return fmt.format(value / 1000 if key.endswith(("udp_pps", "udp_peak")) else value)
 
 
 def markdown_tables(results: dict[str, Row]) -> str:
@@ -269,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (1 if args.quick else 3)
     wanted = set(args.only.split(",")) if args.only else None
     with contextlib_rev(args.commit) as revs:
-        names = [setup.name for setup in make_setups(2, revs, baselines=True)]
+        two_hosts = make_setups(2, revs, baselines=True)
+        names = [setup.name for setup in two_hosts]
         unknown = sorted(
             name for name in wanted or () if not any(selects({name}, n) for n in names)
         )
@@ -280,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         results: dict[str, Row] = {}
-        for setup in make_setups(2, revs, baselines=True):
+        for setup in two_hosts:
             if wanted is None or selects(wanted, setup.name):
                 results[setup.name] = run_setup(
                     setup, lambda s: measure_two_hosts(s, seconds, runs)
